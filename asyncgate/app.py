@@ -1,0 +1,140 @@
+"""The Falcon ASGI application: routes, middleware, error rendering and lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import falcon
+import falcon.asgi
+import orjson
+
+from asyncgate import plugins
+from asyncgate.auth import AuthMiddleware, KeyRing
+from asyncgate.contract import bundled_yaml
+from asyncgate.errors import handle_storage_unavailable, handle_unexpected, serialize_problem
+from asyncgate.ledger import Ledger
+from asyncgate.metrics import Metrics
+from asyncgate.ratelimit import RateLimitMiddleware
+from asyncgate.resources.leases import LeaseRenewResource, LeaseResource, LeasesResource
+from asyncgate.resources.obligations import BootstrapResource, OpenObligationsResource
+from asyncgate.resources.receipts import ReceiptBatchResource, ReceiptResource, ReceiptsResource
+from asyncgate.resources.system import HealthResource, MetricsResource, OpenAPIResource
+from asyncgate.resources.tasks import TaskBatchResource, TaskResource, TasksResource
+from asyncgate.settings import Settings
+from asyncgate.storage import Dialect, StorageUnavailable
+
+log = logging.getLogger("asyncgate")
+
+
+class Emitters:
+    """Hands anomalies to every emitter plugin after commit, without delaying the response."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.pending: set[asyncio.Task[None]] = set()
+
+    async def emit(self, anomalies: list[dict[str, Any]], tenant: str) -> None:
+        for anomaly in anomalies:
+            self.metrics.anomalies.labels(anomaly["type"]).inc()
+            hook = plugins.plugin_manager().hook
+            for coroutine in hook.asyncgate_emit_anomaly(
+                anomaly=anomaly, tenant=tenant, settings=self.settings
+            ):
+                task = asyncio.create_task(self._deliver(coroutine))
+                self.pending.add(task)
+                task.add_done_callback(self.pending.discard)
+
+    async def emit_one(self, anomaly: dict[str, Any]) -> None:
+        await self.emit([anomaly], tenant="-")
+
+    async def _deliver(self, coroutine: Any) -> None:
+        try:
+            await coroutine
+        except Exception:
+            self.metrics.emitter_failures.labels("unknown").inc()
+            log.exception("anomaly emitter failed")
+
+    async def drain(self) -> None:
+        if self.pending:
+            await asyncio.wait(self.pending, timeout=5)
+
+
+class Lifespan:
+    def __init__(self, dialect: Dialect, settings: Settings, closers: list[Any]) -> None:
+        self.dialect = dialect
+        self.settings = settings
+        self.closers = closers
+
+    async def process_startup(self, scope: dict, event: dict) -> None:
+        await self.dialect.open()
+        if self.settings.migrate_on_start:
+            applied = await self.dialect.migrate()
+            if applied:
+                log.info("migrations applied", extra={"applied": applied})
+
+    async def process_shutdown(self, scope: dict, event: dict) -> None:
+        for close in self.closers:
+            await close()
+        await self.dialect.close()
+
+
+class MetricsMiddleware:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    async def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        route = req.uri_template or "unmatched"
+        self.metrics.requests.labels(req.method, route, resp.status_code).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - req.context.started)
+
+
+def create_app(settings: Settings) -> falcon.asgi.App:
+    dialect = plugins.dialect_for(settings)
+    plugins.check_emitters(settings)
+    metrics = Metrics()
+    emitters = Emitters(settings, metrics)
+    ledger = Ledger(dialect, settings, metrics, emitters.emit)
+    closers: list[Any] = [emitters.drain]
+
+    middleware: list[Any] = [MetricsMiddleware(metrics), AuthMiddleware(KeyRing(settings))]
+    if settings.rate_limit_active:
+        backend = plugins.rate_limiter_for(settings)
+        middleware.append(RateLimitMiddleware(backend, settings, metrics, emitters.emit_one))
+        closers.append(backend.close)
+    middleware.append(Lifespan(dialect, settings, closers))
+
+    app = falcon.asgi.App(middleware=middleware)
+    app.req_options.auto_parse_qs_csv = False
+    json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    app.req_options.media_handlers.update({falcon.MEDIA_JSON: json_handler})
+    app.resp_options.media_handlers.update({falcon.MEDIA_JSON: json_handler})
+    app.set_error_serializer(serialize_problem)
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(StorageUnavailable, handle_storage_unavailable)
+
+    shared = (ledger, settings)
+    obligations = OpenObligationsResource(*shared)
+    app.add_route("/v1/health", HealthResource(dialect))
+    app.add_route("/v1/tasks", TasksResource(*shared))
+    app.add_route("/v1/tasks/batch", TaskBatchResource(*shared))
+    app.add_route("/v1/tasks/{task_id}", TaskResource(*shared))
+    app.add_route("/v1/leases", LeasesResource(*shared))
+    app.add_route("/v1/leases/{lease_id}", LeaseResource(*shared))
+    app.add_route("/v1/leases/{lease_id}/renew", LeaseRenewResource(*shared))
+    app.add_route("/v1/receipts", ReceiptsResource(*shared))
+    app.add_route("/v1/receipts/batch", ReceiptBatchResource(*shared))
+    app.add_route("/v1/receipts/{receipt_id}", ReceiptResource(*shared))
+    app.add_route("/v1/obligations/open", obligations)
+    app.add_route("/v1/bootstrap", BootstrapResource(obligations))
+    app.add_route("/v1/metrics", MetricsResource(metrics))
+    app.add_route("/v1/openapi.yaml", OpenAPIResource(bundled_yaml()))
+    return app

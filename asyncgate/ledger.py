@@ -1,0 +1,412 @@
+"""Domain operations. Each public method is one transaction against the storage dialect.
+
+The request's way runs one direction: resources call the ledger, the ledger calls the
+dialect, and after commit the ledger hands anomalies to the emitters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from asyncgate import receipts, termination
+from asyncgate.errors import conflict, invalid, not_found
+from asyncgate.ids import fingerprint, new_id, utcnow
+from asyncgate.metrics import Metrics
+from asyncgate.settings import Identity, Settings
+from asyncgate.storage import Dialect, Row, Tx, UniqueViolation
+from asyncgate.views import lease_is_live, receipt_view, task_view
+
+Emit = Callable[[list[dict[str, Any]], str], Awaitable[None]]
+# A unique violation means a concurrent request with the same idempotency key or
+# receipt_id committed first; one more attempt then takes the replay path.
+UNIQUE_RETRIES = 2
+
+
+class Ledger:
+    def __init__(self, dialect: Dialect, settings: Settings, metrics: Metrics, emit: Emit) -> None:
+        self.dialect = dialect
+        self.settings = settings
+        self.metrics = metrics
+        self.emit = emit
+
+    async def _in_transaction(self, work: Callable[[Tx, datetime], Awaitable[Any]]) -> Any:
+        for attempt in range(UNIQUE_RETRIES):
+            try:
+                async with self.dialect.transaction() as tx:
+                    return await work(tx, utcnow())
+            except UniqueViolation:
+                if attempt == UNIQUE_RETRIES - 1:
+                    raise conflict(
+                        "concurrent_write", "a concurrent request wrote the same id; retry"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    # Tasks -------------------------------------------------------------------------------
+
+    async def create_tasks(
+        self, identity: Identity, specs: list[dict[str, Any]], batch: bool
+    ) -> list[tuple[dict[str, Any], bool]]:
+        """Create tasks with their obligations; returns (task, created) per spec, in order."""
+
+        async def work(tx: Tx, now: datetime) -> list[tuple[dict[str, Any], bool]]:
+            results: list[tuple[dict[str, Any], bool]] = []
+            new_tasks: list[dict[str, Any]] = []
+            pending_keys: dict[str, dict[str, Any]] = {}
+            for index, spec in enumerate(specs):
+                prefix = f"tasks.{index}." if batch else ""
+                content = {
+                    "type": spec["type"],
+                    "payload": spec["payload"],
+                    "principal": spec.get("principal") or identity.principal,
+                    "priority": spec["priority"],
+                }
+                request_hash = fingerprint(content)
+                key = spec.get("idempotency_key")
+                if key is not None:
+                    existing = pending_keys.get(key) or await tx.one(
+                        "task_by_idempotency_key", tenant=identity.tenant, idempotency_key=key
+                    )
+                    if existing is not None:
+                        if existing["request_hash"] != request_hash:
+                            raise conflict(
+                                "idempotency_conflict",
+                                "idempotency_key was already used with a different body",
+                                f"{prefix}idempotency_key",
+                            )
+                        results.append((existing, False))
+                        continue
+                task = {
+                    **content,
+                    "tenant": identity.tenant,
+                    "task_id": new_id(),
+                    "created_by": identity.principal,
+                    "idempotency_key": key,
+                    "request_hash": request_hash,
+                    "obligation_receipt_id": new_id(),
+                    "created_at": now,
+                }
+                if key is not None:
+                    pending_keys[key] = {**task, **_new_task_state(now)}
+                new_tasks.append(task)
+                results.append((task, True))
+            await tx.many("insert_task", new_tasks)
+            await tx.many("insert_receipt", [_obligation_row(task) for task in new_tasks])
+            return [
+                (task_view({**task, **_new_task_state(now)} if created else task, now), created)
+                for task, created in results
+            ]
+
+        results = await self._in_transaction(work)
+        created = sum(1 for _, was_created in results if was_created)
+        if created:
+            self.metrics.tasks_created.inc(created)
+            self.dialect.tasks_created(identity.tenant)
+        return results
+
+    async def get_task(self, identity: Identity, task_id: str) -> dict[str, Any]:
+        async with self.dialect.snapshot() as tx:
+            task = await tx.one("get_task", tenant=identity.tenant, task_id=task_id)
+        if task is None:
+            raise not_found(f"task {task_id}")
+        return task_view(task, utcnow())
+
+    async def list_tasks(
+        self,
+        identity: Identity,
+        state: str | None,
+        task_type: str | None,
+        after: str | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        now = utcnow()
+        async with self.dialect.snapshot() as tx:
+            cursor = await _cursor(tx, "task_cursor", identity.tenant, after)
+            rows = await tx.all(
+                "list_tasks",
+                tenant=identity.tenant,
+                state=state,
+                type=task_type,
+                now=now,
+                limit=limit,
+                **cursor,
+            )
+        return [task_view(row, now) for row in rows]
+
+    # Leases ------------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        identity: Identity,
+        worker: str,
+        types: list[str] | None,
+        max_tasks: int,
+        ttl_seconds: int,
+        wait_seconds: float,
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            granted, anomalies = await self._in_transaction(
+                lambda tx, now: self._claim_once(
+                    tx, now, identity, worker, types, max_tasks, ttl_seconds
+                )
+            )
+            if anomalies:
+                await self.emit(anomalies, identity.tenant)
+            remaining = deadline - time.monotonic()
+            if granted or remaining <= 0:
+                self.metrics.leases_granted.inc(len(granted))
+                return granted
+            # Woken when tasks are created here; polling covers leases that expire meanwhile
+            # and tasks created by other instances.
+            await self.dialect.wait_for_tasks(identity.tenant, min(remaining, 1.0))
+
+    async def _claim_once(
+        self,
+        tx: Tx,
+        now: datetime,
+        identity: Identity,
+        worker: str,
+        types: list[str] | None,
+        max_tasks: int,
+        ttl_seconds: int,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        tenant = identity.tenant
+        candidates = await tx.all(
+            "claim_candidates", tenant=tenant, now=now, types=types, limit=max_tasks
+        )
+        if not candidates:
+            return [], []
+        expires_at = now + timedelta(seconds=ttl_seconds)
+        grants, anomalies, granted = [], [], []
+        for task in candidates:
+            grant = {
+                "tenant": tenant,
+                "task_id": task["task_id"],
+                "lease_id": new_id(),
+                "worker": worker,
+                "expires_at": expires_at,
+                "generation": task["lease_generation"] + 1,
+                "now": now,
+            }
+            grants.append(grant)
+            if task["state"] == "ACTIVE":
+                # Taking over an expired lease is recorded, never silently absorbed.
+                anomalies.append(
+                    receipts.anomaly_row(
+                        tenant,
+                        new_id(),
+                        termination.LEASE_EXPIRED,
+                        task,
+                        [task["obligation_receipt_id"]],
+                        {
+                            "lease_id": task["lease_id"],
+                            "worker": task["lease_worker"],
+                            "expired_at": task["lease_expires_at"].isoformat(),
+                            "lease_generation": task["lease_generation"],
+                            "taken_over_by": worker,
+                        },
+                        now,
+                    )
+                )
+            claimed = {
+                **task,
+                "state": "ACTIVE",
+                "lease_id": grant["lease_id"],
+                "lease_worker": worker,
+                "lease_expires_at": expires_at,
+                "lease_generation": grant["generation"],
+                "updated_at": now,
+            }
+            granted.append(
+                {
+                    "lease_id": grant["lease_id"],
+                    "lease_generation": grant["generation"],
+                    "expires_at": expires_at,
+                    "task": task_view(claimed, now),
+                }
+            )
+        await tx.many("grant_lease", grants)
+        await tx.many("insert_lease", grants)
+        await tx.many("insert_receipt", anomalies)
+        return granted, [receipt_view(row) for row in anomalies]
+
+    async def _current_lease(self, tx: Tx, tenant: str, lease_id: str, now: datetime) -> Row:
+        lease = await tx.one("get_lease", tenant=tenant, lease_id=lease_id)
+        if lease is None:
+            raise not_found(f"lease {lease_id}")
+        current = {
+            "state": lease["task_state"],
+            "lease_expires_at": lease["lease_expires_at"],
+        }
+        if lease["current_lease_id"] != lease_id or not lease_is_live(current, now):
+            raise conflict(
+                "lease_lost",
+                "this lease has expired, been released or been superseded; "
+                "authority is never revived, claim the task again",
+            )
+        return lease
+
+    async def renew(
+        self, identity: Identity, lease_id: str, ttl_seconds: int | None
+    ) -> dict[str, Any]:
+        ttl = ttl_seconds or self.settings.lease_default_ttl_seconds
+
+        async def work(tx: Tx, now: datetime) -> dict[str, Any]:
+            lease = await self._current_lease(tx, identity.tenant, lease_id, now)
+            expires_at = now + timedelta(seconds=ttl)
+            params = {"tenant": identity.tenant, "lease_id": lease_id, "expires_at": expires_at}
+            await tx.run("renew_lease", task_id=lease["task_id"], now=now, **params)
+            await tx.run("renew_lease_record", **params)
+            return {"lease_id": lease_id, "expires_at": expires_at}
+
+        return await self._in_transaction(work)
+
+    async def release(self, identity: Identity, lease_id: str) -> None:
+        async def work(tx: Tx, now: datetime) -> None:
+            lease = await self._current_lease(tx, identity.tenant, lease_id, now)
+            params = {"tenant": identity.tenant, "lease_id": lease_id, "now": now}
+            await tx.run("release_lease", task_id=lease["task_id"], **params)
+            await tx.run("end_lease_record", **params)
+
+        await self._in_transaction(work)
+        self.dialect.tasks_created(identity.tenant)
+
+    # Receipts ----------------------------------------------------------------------------
+
+    async def write_receipts(
+        self, identity: Identity, specs: list[dict[str, Any]], batch: bool
+    ) -> list[receipts.ReceiptResult]:
+        """Write receipts in order, all or nothing."""
+
+        async def work(tx: Tx, now: datetime) -> list[receipts.ReceiptResult]:
+            return [
+                await receipts.write(tx, identity, spec, now, f"receipts.{i}." if batch else "")
+                for i, spec in enumerate(specs)
+            ]
+
+        results = await self._in_transaction(work)
+        anomalies = [a for result in results if not result.replayed for a in result.anomalies]
+        for result in results:
+            if not result.replayed:
+                self.metrics.receipts_written.labels(result.receipt["type"]).inc()
+        if anomalies:
+            await self.emit(anomalies, identity.tenant)
+        return results
+
+    async def get_receipt(self, identity: Identity, receipt_id: str) -> dict[str, Any]:
+        async with self.dialect.snapshot() as tx:
+            receipt = await tx.one("get_receipt", tenant=identity.tenant, receipt_id=receipt_id)
+        if receipt is None:
+            raise not_found(f"receipt {receipt_id}")
+        return receipt_view(receipt)
+
+    async def list_receipts(
+        self, identity: Identity, filters: dict[str, Any], after: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        async with self.dialect.snapshot() as tx:
+            cursor = await _cursor(tx, "receipt_cursor", identity.tenant, after)
+            rows = await tx.all(
+                "list_receipts", tenant=identity.tenant, limit=limit, **filters, **cursor
+            )
+        return [receipt_view(row) for row in rows]
+
+    # Obligations -------------------------------------------------------------------------
+
+    async def open_obligations_page(
+        self, identity: Identity, after: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        async with self.dialect.snapshot() as tx:
+            cursor = await _cursor(tx, "obligation_cursor", identity.tenant, after)
+            rows = await tx.all("open_obligations", tenant=identity.tenant, limit=limit, **cursor)
+        return [receipt_view(row) for row in rows]
+
+    async def stream_open_obligations(
+        self, identity: Identity, after: str | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Check the cursor now (a bad one is a 422, not a broken stream), then stream."""
+        async with self.dialect.snapshot() as tx:
+            cursor = await _cursor(tx, "obligation_cursor", identity.tenant, after)
+        return self._open_obligation_rows(identity.tenant, cursor)
+
+    async def _open_obligation_rows(
+        self, tenant: str, cursor: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        async for row in self.dialect.stream(
+            "open_obligations", tenant=tenant, limit=None, **cursor
+        ):
+            yield receipt_view(row)
+
+    # Retention ---------------------------------------------------------------------------
+
+    async def prune(
+        self, cutoff: datetime, chunk: int = 500, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Delete closed tasks idle since before ``cutoff``, with their receipts and leases.
+
+        Works in small transactions so concurrent writers are never blocked for long. Each
+        delete re-checks that the obligation is still closed and the task still idle.
+        """
+        pruned = 0
+        while True:
+
+            async def work(tx: Tx, now: datetime) -> int:
+                victims = await tx.all("prunable_tasks", cutoff=cutoff, limit=chunk)
+                for victim in victims:
+                    params = {**victim, "cutoff": cutoff}
+                    await tx.run("prune_receipts", **params)
+                    await tx.run("prune_leases", **params)
+                    await tx.run("prune_task", **params)
+                return len(victims)
+
+            count = await self._in_transaction(work)
+            pruned += count
+            if progress is not None:
+                progress(pruned)
+            if count < chunk:
+                return pruned
+            await asyncio.sleep(0)
+
+
+async def _cursor(tx: Tx, query: str, tenant: str, after: str | None) -> dict[str, Any]:
+    if after is None:
+        return {"after_created_at": None, "after_id": None}
+    row = await tx.one(query, tenant=tenant, id=after)
+    if row is None:
+        raise invalid("after", f"after={after} is not an id in this listing")
+    return {"after_created_at": row["created_at"], "after_id": row["id"]}
+
+
+def _new_task_state(now: datetime) -> dict[str, Any]:
+    return {
+        "state": "PENDING",
+        "lease_id": None,
+        "lease_worker": None,
+        "lease_expires_at": None,
+        "lease_generation": 0,
+        "obligation_open": True,
+        "obligation_closed_by": None,
+        "updated_at": now,
+    }
+
+
+def _obligation_row(task: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "tenant": task["tenant"],
+        "receipt_id": task["obligation_receipt_id"],
+        "type": termination.OBLIGATION,
+        "task_id": task["task_id"],
+        "from_principal": task["created_by"],
+        "to_principal": task["principal"],
+        "lease_id": None,
+        "parent_receipt_ids": [],
+        "stripped_parent_receipt_ids": None,
+        "body": {"task_type": task["type"], "priority": task["priority"]},
+        "artifacts": [],
+        "delivery_proof": None,
+        "content_hash": task["request_hash"],
+        "created_at": task["created_at"],
+    }

@@ -1,0 +1,241 @@
+"""Writing client receipts: fencing, parents, the truth table's decision, and the task's update.
+
+Each function runs inside the caller's transaction; nothing here commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from asyncgate import termination
+from asyncgate.errors import conflict, invalid, not_found
+from asyncgate.ids import SYSTEM_PRINCIPAL, derived_id, fingerprint, new_id
+from asyncgate.settings import Identity
+from asyncgate.storage import Row, Tx
+from asyncgate.views import lease_is_live, receipt_view
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass
+class ReceiptResult:
+    receipt: dict[str, Any]
+    terminated: list[str]
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
+    replayed: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "receipt": self.receipt,
+            "terminated": self.terminated,
+            "anomalies": [anomaly["receipt_id"] for anomaly in self.anomalies],
+        }
+
+
+def check_request(spec: dict[str, Any], prefix: str = "") -> termination.Rule:
+    """Rules that need no database: the receipt type, the body's size, the lease requirement."""
+    rule = termination.rule_for(spec["type"])
+    if rule is None:
+        raise invalid(
+            f"{prefix}type",
+            f"unknown receipt type {spec['type']!r}; clients write "
+            f"{', '.join(termination.CLIENT_TYPES)}",
+            "unknown_receipt_type",
+        )
+    if not rule.client_may_write:
+        raise invalid(
+            f"{prefix}type",
+            f"{spec['type']} is written by AsyncGate only",
+            "reserved_receipt_type",
+        )
+    if len(orjson.dumps(spec["body"])) > MAX_BODY_BYTES:
+        raise invalid(f"{prefix}body", "body is over 64 KiB as compact JSON", "body_too_large")
+    if rule.requires_lease and not spec.get("lease_id"):
+        raise invalid(f"{prefix}lease_id", f"{spec['type']} requires the current lease_id")
+    return rule
+
+
+def content_of(spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": spec["type"],
+        "task_id": spec["task_id"],
+        "parent_receipt_ids": spec["parent_receipt_ids"],
+        "lease_id": spec.get("lease_id"),
+        "body": spec["body"],
+        "artifacts": spec["artifacts"],
+        "delivery_proof": spec.get("delivery_proof"),
+    }
+
+
+async def replay(
+    tx: Tx, tenant: str, existing: Row, content_hash: str, prefix: str
+) -> ReceiptResult:
+    if existing["content_hash"] != content_hash:
+        raise conflict(
+            "idempotency_conflict",
+            "receipt_id was already used with different content; choose a new receipt_id",
+            f"{prefix}receipt_id",
+        )
+    task = await tx.one("get_task", tenant=tenant, task_id=existing["task_id"])
+    closed = task is not None and task["obligation_closed_by"] == existing["receipt_id"]
+    anomalies = []
+    if existing["stripped_parent_receipt_ids"] is not None:
+        anomaly = await tx.one(
+            "get_receipt",
+            tenant=tenant,
+            receipt_id=derived_id(existing["receipt_id"], "locatability_missing"),
+        )
+        anomalies = [receipt_view(anomaly)] if anomaly else []
+    return ReceiptResult(
+        receipt_view(existing),
+        [task["obligation_receipt_id"]] if closed else [],
+        anomalies,
+        replayed=True,
+    )
+
+
+async def write(
+    tx: Tx, identity: Identity, spec: dict[str, Any], now: datetime, prefix: str = ""
+) -> ReceiptResult:
+    """Append one client receipt and apply its effect on the task, in the open transaction."""
+    tenant = identity.tenant
+    rule = check_request(spec, prefix)
+    content_hash = fingerprint(content_of(spec))
+    receipt_id = spec.get("receipt_id") or new_id()
+    if spec.get("receipt_id"):
+        existing = await tx.one("get_receipt", tenant=tenant, receipt_id=receipt_id)
+        if existing is not None:
+            return await replay(tx, tenant, existing, content_hash, prefix)
+
+    task = await tx.one("lock_task", tenant=tenant, task_id=spec["task_id"])
+    if task is None:
+        raise not_found(f"task {spec['task_id']}", f"{prefix}task_id")
+    if rule.requires_lease and task["state"] in termination.TERMINAL_STATES:
+        raise conflict(
+            "task_terminal",
+            f"task is {task['state']}; {spec['type']} is refused on a terminal task",
+            f"{prefix}type",
+        )
+    lease_id = spec.get("lease_id")
+    if lease_id:
+        await _fence(tx, tenant, task, lease_id, now, prefix)
+
+    parent_ids = spec["parent_receipt_ids"]
+    if parent_ids:
+        found = await tx.all("find_receipts", tenant=tenant, ids=parent_ids)
+        missing = set(parent_ids) - {row["receipt_id"] for row in found}
+        if missing:
+            raise invalid(
+                f"{prefix}parent_receipt_ids",
+                f"parent receipts do not exist in this tenant: {', '.join(sorted(missing))}",
+                "unknown_parent",
+            )
+
+    decision = termination.decide(
+        rule,
+        parent_ids,
+        task["obligation_receipt_id"],
+        bool(task["obligation_open"]),
+        spec["artifacts"],
+        spec.get("delivery_proof"),
+    )
+    receipt = {
+        "tenant": tenant,
+        "receipt_id": receipt_id,
+        "type": spec["type"],
+        "task_id": task["task_id"],
+        "from_principal": identity.principal,
+        "to_principal": task["principal"],
+        "lease_id": lease_id,
+        "parent_receipt_ids": decision.parent_receipt_ids,
+        "stripped_parent_receipt_ids": decision.stripped_parent_receipt_ids
+        if decision.anomaly
+        else None,
+        "body": spec["body"],
+        "artifacts": spec["artifacts"],
+        "delivery_proof": spec.get("delivery_proof"),
+        "content_hash": content_hash,
+        "created_at": now,
+    }
+    rows = [receipt]
+    if decision.anomaly:
+        rows.append(
+            anomaly_row(
+                tenant,
+                derived_id(receipt_id, "locatability_missing"),
+                decision.anomaly,
+                task,
+                [receipt_id],
+                {
+                    "reason": "task.success carried no artifacts and no delivery_proof",
+                    "stripped_parent_receipt_ids": decision.stripped_parent_receipt_ids,
+                },
+                now,
+            )
+        )
+    await tx.many("insert_receipt", rows)
+
+    new_state = termination.next_state(rule, task["state"])
+    ends_lease = new_state in termination.TERMINAL_STATES and task["lease_id"] is not None
+    if new_state != task["state"] or decision.terminates or rule.next_state:
+        await tx.run(
+            "update_task_after_receipt",
+            tenant=tenant,
+            task_id=task["task_id"],
+            state=new_state,
+            end_lease=ends_lease,
+            closed_by=receipt_id if decision.terminates else None,
+            now=now,
+        )
+    if ends_lease:
+        await tx.run("end_lease_record", tenant=tenant, lease_id=task["lease_id"], now=now)
+    return ReceiptResult(
+        receipt_view(receipt),
+        [decision.terminates] if decision.terminates else [],
+        [receipt_view(row) for row in rows[1:]],
+    )
+
+
+async def _fence(tx: Tx, tenant: str, task: Row, lease_id: str, now: datetime, prefix: str) -> None:
+    """A receipt that names a lease is accepted only under the task's current, unexpired lease."""
+    if task["lease_id"] == lease_id and lease_is_live(task, now):
+        return
+    if await tx.one("get_lease", tenant=tenant, lease_id=lease_id) is None:
+        raise not_found(f"lease {lease_id}", f"{prefix}lease_id")
+    raise conflict(
+        "lease_lost",
+        "this lease is no longer the task's current unexpired lease (expired, released or "
+        "superseded); nothing was written",
+        f"{prefix}lease_id",
+    )
+
+
+def anomaly_row(
+    tenant: str,
+    receipt_id: str,
+    anomaly_type: str,
+    task: Row,
+    parents: list[str],
+    body: dict[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "tenant": tenant,
+        "receipt_id": receipt_id,
+        "type": anomaly_type,
+        "task_id": task["task_id"],
+        "from_principal": SYSTEM_PRINCIPAL,
+        "to_principal": task["principal"],
+        "lease_id": None,
+        "parent_receipt_ids": parents,
+        "stripped_parent_receipt_ids": None,
+        "body": body,
+        "artifacts": [],
+        "delivery_proof": None,
+        "content_hash": fingerprint({"anomaly": receipt_id}),
+        "created_at": now,
+    }

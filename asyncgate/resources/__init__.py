@@ -1,0 +1,1 @@
+"""HTTP resources: thin classes that parse, validate, call the ledger and serialize."""

@@ -1,0 +1,139 @@
+"""The storage interface that dialect plugins implement.
+
+The ledger holds the logic once; a dialect supplies connections, transactions and
+its SQL. Queries are data: each dialect ships a ``queries.sql`` of named queries
+(``-- name --`` headers, as in procrastinate), and the ledger runs them by name.
+
+Values cross this boundary in one shape for every dialect:
+- ids are ``str`` (UUIDs in canonical form), timestamps are aware UTC ``datetime``;
+- JSON columns (``JSON_COLUMNS``) are Python objects, and so are id lists
+  (``ID_LIST_COLUMNS``), whatever the dialect stores underneath.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+JSON_COLUMNS = frozenset({"payload", "body", "artifacts", "delivery_proof"})
+ID_LIST_COLUMNS = frozenset({"parent_receipt_ids", "stripped_parent_receipt_ids", "ids", "types"})
+TIME_COLUMNS = frozenset(
+    {
+        "created_at",
+        "updated_at",
+        "lease_expires_at",
+        "expires_at",
+        "granted_at",
+        "now",
+        "cutoff",
+        "since",
+        "until",
+        "after_created_at",
+        "released_at",
+    }
+)
+
+Row = dict[str, Any]
+
+
+class StorageUnavailable(Exception):
+    """The database cannot be reached now; the request may be retried (HTTP 503)."""
+
+
+class UniqueViolation(Exception):
+    """A unique constraint refused a write (mapped to HTTP 409 by the ledger)."""
+
+
+class Tx(Protocol):
+    """One open transaction. Every method runs a named query of the dialect's queries.sql."""
+
+    async def one(self, query: str, **params: Any) -> Row | None: ...
+
+    async def all(self, query: str, **params: Any) -> list[Row]: ...
+
+    async def run(self, query: str, **params: Any) -> int: ...
+
+    async def many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+class Dialect(Protocol):
+    """A storage backend. Created by the ``asyncgate_dialect`` hook, opened at startup."""
+
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations (idempotent, safe concurrently); return those applied."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """A read-write transaction, committed on clean exit and rolled back on error."""
+        ...
+
+    def snapshot(self) -> AbstractAsyncContextManager[Tx]:
+        """A read-only transaction."""
+        ...
+
+    def stream(self, query: str, **params: Any) -> AsyncIterator[Row]:
+        """Yield rows of a read query without holding them all in memory."""
+        ...
+
+    async def wait_for_tasks(self, tenant: str, timeout: float) -> None:
+        """Return when a task may have become claimable in ``tenant``, or after ``timeout``."""
+        ...
+
+    def tasks_created(self, tenant: str) -> None:
+        """Called after a commit that created tasks, to wake waiting claims."""
+        ...
+
+
+_QUERY_HEADER = re.compile(r"^--\s*([a-z_][a-z0-9_]*)\s*--\s*$", re.MULTILINE)
+
+
+def load_queries(path: Path) -> dict[str, str]:
+    """Parse a queries.sql: each query is headed ``-- name --``, then a comment line, then SQL."""
+    text = path.read_text(encoding="utf-8")
+    parts = _QUERY_HEADER.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        sql = "\n".join(line for line in body.strip().splitlines() if not line.startswith("--"))
+        queries[name] = sql.strip().rstrip(";")
+    return queries
+
+
+def migration_files(directory: Path) -> list[tuple[int, str, str]]:
+    """Numbered migration files (``0001_initial.sql``) as (version, name, sql), in order."""
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        number = path.name.split("_", 1)[0]
+        if number.isdigit():
+            found.append((int(number), path.name, path.read_text(encoding="utf-8")))
+    return found
+
+
+class TaskSignal:
+    """In-process wake-up for long-poll claims: one event per tenant, set when tasks appear."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    async def wait(self, tenant: str, timeout: float) -> None:
+        event = self._events.setdefault(tenant, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def notify(self, tenant: str) -> None:
+        event = self._events.pop(tenant, None)
+        if event is not None:
+            event.set()

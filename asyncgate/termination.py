@@ -1,0 +1,98 @@
+"""The termination truth table, as data, and the pure functions that apply it.
+
+Nothing else in AsyncGate decides whether a receipt terminates an obligation.
+No I/O happens here: the ledger brings the database evidence (which parents exist,
+which of them is the task's obligation and whether it is open) and this module decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+OBLIGATION = "task.assigned"
+ANOMALY_PREFIX = "system.anomaly."
+LOCATABILITY_MISSING = "system.anomaly.locatability_missing"
+LEASE_EXPIRED = "system.anomaly.lease_expired"
+
+
+class Terminates(Enum):
+    NEVER = "never"
+    ALWAYS = "always"
+    IF_LOCATABLE = "if_locatable"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    client_may_write: bool
+    terminates: Terminates
+    requires_lease: bool
+    # The task state this receipt moves a non-terminal task to (None: unchanged).
+    next_state: str | None
+
+
+TRUTH_TABLE: Mapping[str, Rule] = {
+    OBLIGATION: Rule(False, Terminates.NEVER, False, None),
+    "task.started": Rule(True, Terminates.NEVER, True, None),
+    "task.progress": Rule(True, Terminates.NEVER, True, None),
+    "task.success": Rule(True, Terminates.IF_LOCATABLE, False, "COMPLETED"),
+    "task.failure": Rule(True, Terminates.ALWAYS, False, "FAILED"),
+    "task.cancelled": Rule(True, Terminates.ALWAYS, False, "CANCELLED"),
+}
+# system.anomaly.<name>: written by AsyncGate only, never terminates.
+ANOMALY_RULE = Rule(False, Terminates.NEVER, False, None)
+
+CLIENT_TYPES = tuple(name for name, rule in TRUTH_TABLE.items() if rule.client_may_write)
+TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+
+def rule_for(receipt_type: str) -> Rule | None:
+    """The rule for a receipt type, or ``None`` if the type is unknown."""
+    if receipt_type.startswith(ANOMALY_PREFIX) and len(receipt_type) > len(ANOMALY_PREFIX):
+        return ANOMALY_RULE
+    return TRUTH_TABLE.get(receipt_type)
+
+
+def is_locatable(artifacts: Sequence[Any] | None, delivery_proof: Mapping[str, Any] | None) -> bool:
+    """Evidence is at least one artifact or a non-empty delivery proof; ``[]`` and ``{}`` are not."""
+    return bool(artifacts) or bool(delivery_proof)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    parent_receipt_ids: list[str]
+    stripped_parent_receipt_ids: list[str]
+    # The obligation this receipt closes, if any.
+    terminates: str | None
+    # Anomaly to write in the same transaction, if any.
+    anomaly: str | None
+
+
+def decide(
+    rule: Rule,
+    parent_ids: Sequence[str],
+    obligation_id: str,
+    obligation_open: bool,
+    artifacts: Sequence[Any] | None,
+    delivery_proof: Mapping[str, Any] | None,
+) -> Decision:
+    """Decide what a client receipt does to its task's obligation.
+
+    ``parent_ids`` must already be known to exist in the tenant. Only the obligation of
+    the receipt's own task can be terminated; every other parent is a causality link.
+    """
+    names_obligation = obligation_id in parent_ids
+    if rule.terminates is Terminates.IF_LOCATABLE and not is_locatable(artifacts, delivery_proof):
+        # Stored, but unlinked, so the obligation stays open; the anomaly names what was stripped.
+        return Decision([], list(parent_ids), None, LOCATABILITY_MISSING)
+    closes = rule.terminates is not Terminates.NEVER and names_obligation and obligation_open
+    return Decision(list(parent_ids), [], obligation_id if closes else None, None)
+
+
+def next_state(rule: Rule, current_state: str) -> str:
+    """The task state after a receipt with ``rule``; terminal states never change."""
+    if rule.next_state is None or current_state in TERMINAL_STATES:
+        return current_state
+    return rule.next_state

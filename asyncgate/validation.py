@@ -1,0 +1,167 @@
+"""Request input: JSON bodies read under a size limit and validated against ``schema/``.
+
+The same schema files are ``$ref``'d by openapi.yaml, so the contract and the code
+cannot drift. fastjsonschema compiles each one to Python once, at startup.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import falcon
+import fastjsonschema
+import orjson
+
+from asyncgate import PROJECT_ROOT
+from asyncgate.errors import Problem, bad_request, invalid
+
+SCHEMA_DIR = PROJECT_ROOT / "schema"
+JSON_TYPE = re.compile(r"^application/(?:[a-z0-9.+-]+\+)?json$")
+
+
+def _load(name: str) -> dict[str, Any]:
+    return orjson.loads((SCHEMA_DIR / name).read_bytes())
+
+
+def _resolve_file(uri: str) -> dict[str, Any]:
+    return _load(Path(uri.split("#", 1)[0]).name)
+
+
+@cache
+def validator(name: str) -> Callable[[Any], Any]:
+    """The compiled validator of ``schema/<name>``; it fills in declared defaults."""
+    definition = _load(name)
+    # Relative $refs between schema files resolve against this base URI, to local files.
+    definition["$id"] = (SCHEMA_DIR / name).as_uri()
+    return fastjsonschema.compile(definition, handlers={"file": _resolve_file}, use_default=True)
+
+
+def field_of(exc: fastjsonschema.JsonSchemaValueException) -> str:
+    path = exc.path if exc.path else ["data"]
+    parts = [str(part) for part in path[1:]]
+    return ".".join(parts) or "body"
+
+
+async def read_json(req: falcon.Request, max_bytes: int, *, optional: bool = False) -> Any:
+    """Read and parse a JSON body: 413 over the limit, 415 for another type, 400 if malformed."""
+    if req.content_length is not None and req.content_length > max_bytes:
+        raise Problem(413, "body_too_large", f"the body is over the limit of {max_bytes} bytes")
+    raw = await req.stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise Problem(413, "body_too_large", f"the body is over the limit of {max_bytes} bytes")
+    if not raw.strip() and optional:
+        return {}
+    content_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if not JSON_TYPE.match(content_type):
+        raise Problem(
+            415, "unsupported_media_type", "send the body as Content-Type: application/json"
+        )
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"the body is not valid JSON: {exc}") from None
+    if b"\\u0000" in raw and _has_nul(data):
+        raise invalid(None, "strings must not contain NUL (\\u0000) characters", "nul_character")
+    return data
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def validate(schema: str, data: Any) -> Any:
+    try:
+        return validator(schema)(data)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        field = field_of(exc)
+        raise invalid(
+            field, f"{field}: {exc.message.removeprefix(exc.name + ' ').strip()}"
+        ) from None
+
+
+# Query parameters ------------------------------------------------------------------------
+
+
+def _single(req: falcon.Request, name: str) -> str | None:
+    value = req.params.get(name)
+    if isinstance(value, list):
+        raise invalid(name, f"query parameter {name} is given more than once")
+    return value
+
+
+def int_param(
+    req: falcon.Request, name: str, default: int | None, low: int, high: int
+) -> int | None:
+    raw = _single(req, name)
+    if raw is None:
+        return default
+    if not re.fullmatch(r"-?\d{1,19}", raw) or not low <= int(raw) <= high:
+        raise invalid(name, f"query parameter {name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def choice_param(req: falcon.Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    raw = _single(req, name)
+    if raw is not None and raw not in allowed:
+        raise invalid(name, f"query parameter {name} must be one of {', '.join(allowed)}")
+    return raw
+
+
+def text_param(req: falcon.Request, name: str, max_length: int = 255) -> str | None:
+    raw = _single(req, name)
+    if raw is not None and not 1 <= len(raw) <= max_length:
+        raise invalid(name, f"query parameter {name} must be 1 to {max_length} characters")
+    if raw is not None and "\x00" in raw:
+        raise invalid(name, f"query parameter {name} must not contain NUL")
+    return raw
+
+
+def uuid_param(req: falcon.Request, name: str) -> str | None:
+    raw = _single(req, name)
+    return None if raw is None else parse_uuid(raw, name)
+
+
+def path_id(raw: str, what: str) -> str:
+    """An id from the URL path; one that is not a UUID cannot exist, so it is a 404."""
+    try:
+        return parse_uuid(raw, what)
+    except falcon.HTTPError:
+        raise Problem(
+            404, "not_found", f"{what} {raw[:64]!r} does not exist in this tenant"
+        ) from None
+
+
+def parse_uuid(raw: str, field: str) -> str:
+    try:
+        return str(uuid.UUID(raw)) if len(raw) == 36 else _bad_uuid(field)
+    except ValueError:
+        return _bad_uuid(field)
+
+
+def _bad_uuid(field: str) -> str:
+    raise invalid(field, f"{field} must be a UUID such as 0b1c4a8e-8f0e-4f6b-9a52-1d2c3b4a5e6f")
+
+
+def time_param(req: falcon.Request, name: str) -> datetime | None:
+    raw = _single(req, name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None or "T" not in raw.upper():
+        raise invalid(name, f"query parameter {name} must be an RFC 3339 time with an offset")
+    return value.astimezone(UTC)

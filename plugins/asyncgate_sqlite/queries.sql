@@ -1,0 +1,175 @@
+-- insert_task --
+-- One new task with its obligation id; rows come from ledger.create_tasks.
+INSERT INTO tasks (tenant, task_id, type, payload, principal, created_by, priority,
+                   idempotency_key, request_hash, state, lease_generation,
+                   obligation_receipt_id, obligation_open, created_at, updated_at)
+VALUES (:tenant, :task_id, :type, :payload, :principal, :created_by, :priority,
+        :idempotency_key, :request_hash, 'PENDING', 0,
+        :obligation_receipt_id, 1, :created_at, :created_at);
+
+-- task_by_idempotency_key --
+-- The task an idempotency key already created, if any.
+SELECT * FROM tasks WHERE tenant = :tenant AND idempotency_key = :idempotency_key;
+
+-- get_task --
+-- One task of a tenant.
+SELECT * FROM tasks WHERE tenant = :tenant AND task_id = :task_id;
+
+-- lock_task --
+-- One task, locked for the rest of the transaction (SQLite: the write lock is already held).
+SELECT * FROM tasks WHERE tenant = :tenant AND task_id = :task_id;
+
+-- list_tasks --
+-- A page of tasks in (created_at, task_id) order; state is the lazily evaluated state.
+SELECT * FROM tasks
+WHERE tenant = :tenant
+  AND (:type IS NULL OR type = :type)
+  AND (:state IS NULL OR
+       (CASE WHEN state = 'ACTIVE' AND lease_expires_at <= :now THEN 'PENDING' ELSE state END) = :state)
+  AND (:after_created_at IS NULL OR (created_at, task_id) > (:after_created_at, :after_id))
+ORDER BY created_at, task_id
+LIMIT :limit;
+
+-- claim_candidates --
+-- Claimable tasks (PENDING, or ACTIVE with an expired lease) in priority then age order.
+SELECT * FROM tasks
+WHERE tenant = :tenant
+  AND state IN ('PENDING', 'ACTIVE')
+  AND (state = 'PENDING' OR lease_expires_at <= :now)
+  AND (:types IS NULL OR type IN (SELECT value FROM json_each(:types)))
+ORDER BY priority DESC, created_at, task_id
+LIMIT :limit;
+
+-- grant_lease --
+-- Make a lease the task's current one.
+UPDATE tasks
+SET state = 'ACTIVE', lease_id = :lease_id, lease_worker = :worker,
+    lease_expires_at = :expires_at, lease_generation = :generation, updated_at = :now
+WHERE tenant = :tenant AND task_id = :task_id;
+
+-- insert_lease --
+-- The lease's own record, kept so that an old lease id answers 409 rather than 404.
+INSERT INTO leases (tenant, lease_id, task_id, generation, worker, granted_at, expires_at)
+VALUES (:tenant, :lease_id, :task_id, :generation, :worker, :now, :expires_at);
+
+-- get_lease --
+-- A lease with its task's current lease, to tell current from superseded.
+SELECT l.lease_id, l.task_id, l.generation, l.worker, l.expires_at, l.released_at,
+       t.lease_id AS current_lease_id, t.state AS task_state, t.lease_expires_at
+FROM leases l JOIN tasks t ON t.tenant = l.tenant AND t.task_id = l.task_id
+WHERE l.tenant = :tenant AND l.lease_id = :lease_id;
+
+-- renew_lease --
+-- Extend the current lease.
+UPDATE tasks SET lease_expires_at = :expires_at, updated_at = :now
+WHERE tenant = :tenant AND task_id = :task_id AND lease_id = :lease_id;
+
+-- renew_lease_record --
+-- Keep the lease record's expiry in step with the task.
+UPDATE leases SET expires_at = :expires_at WHERE tenant = :tenant AND lease_id = :lease_id;
+
+-- release_lease --
+-- Give up the current lease: the task is claimable again, with no failure recorded.
+UPDATE tasks
+SET state = 'PENDING', lease_id = NULL, lease_worker = NULL, lease_expires_at = NULL,
+    updated_at = :now
+WHERE tenant = :tenant AND task_id = :task_id AND lease_id = :lease_id;
+
+-- end_lease_record --
+-- Mark a lease record released (by release or by a terminal receipt).
+UPDATE leases SET released_at = :now
+WHERE tenant = :tenant AND lease_id = :lease_id AND released_at IS NULL;
+
+-- insert_receipt --
+-- Append one receipt to the ledger.
+INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
+                      parent_receipt_ids, stripped_parent_receipt_ids, body, artifacts,
+                      delivery_proof, content_hash, created_at)
+VALUES (:tenant, :receipt_id, :type, :task_id, :from_principal, :to_principal, :lease_id,
+        :parent_receipt_ids, :stripped_parent_receipt_ids, :body, :artifacts,
+        :delivery_proof, :content_hash, :created_at);
+
+-- get_receipt --
+-- One receipt of a tenant.
+SELECT * FROM receipts WHERE tenant = :tenant AND receipt_id = :receipt_id;
+
+-- find_receipts --
+-- Which of the given ids exist in the tenant, with their type and task.
+SELECT receipt_id, type, task_id FROM receipts
+WHERE tenant = :tenant AND receipt_id IN (SELECT value FROM json_each(:ids));
+
+-- update_task_after_receipt --
+-- Apply a receipt's effect: new state, lease ended or kept, obligation closed or not.
+UPDATE tasks
+SET state = :state,
+    lease_id = CASE WHEN :end_lease THEN NULL ELSE lease_id END,
+    lease_worker = CASE WHEN :end_lease THEN NULL ELSE lease_worker END,
+    lease_expires_at = CASE WHEN :end_lease THEN NULL ELSE lease_expires_at END,
+    obligation_open = CASE WHEN :closed_by IS NULL THEN obligation_open ELSE 0 END,
+    obligation_closed_by = COALESCE(:closed_by, obligation_closed_by),
+    updated_at = :now
+WHERE tenant = :tenant AND task_id = :task_id;
+
+-- list_receipts --
+-- A page of the ledger in (created_at, receipt_id) order.
+SELECT * FROM receipts
+WHERE tenant = :tenant
+  AND (:task_id IS NULL OR task_id = :task_id)
+  AND (:type IS NULL OR type = :type)
+  AND (:type_prefix IS NULL OR substr(type, 1, length(:type_prefix)) = :type_prefix)
+  AND (:since IS NULL OR created_at >= :since)
+  AND (:until IS NULL OR created_at < :until)
+  AND (:after_created_at IS NULL OR (created_at, receipt_id) > (:after_created_at, :after_id))
+ORDER BY created_at, receipt_id
+LIMIT :limit;
+
+-- open_obligations --
+-- Open obligations, oldest first, read through the partial index of open tasks only.
+SELECT r.* FROM tasks t
+JOIN receipts r ON r.tenant = t.tenant AND r.receipt_id = t.obligation_receipt_id
+WHERE t.tenant = :tenant AND t.obligation_open = 1
+  AND (:after_created_at IS NULL OR (t.created_at, t.task_id) > (:after_created_at, :after_id))
+ORDER BY t.created_at, t.task_id
+LIMIT coalesce(:limit, -1);
+
+-- obligation_cursor --
+-- The keyset position of an obligation id.
+SELECT created_at, task_id AS id FROM tasks
+WHERE tenant = :tenant AND obligation_receipt_id = :id;
+
+-- task_cursor --
+-- The keyset position of a task id.
+SELECT created_at, task_id AS id FROM tasks WHERE tenant = :tenant AND task_id = :id;
+
+-- receipt_cursor --
+-- The keyset position of a receipt id.
+SELECT created_at, receipt_id AS id FROM receipts WHERE tenant = :tenant AND receipt_id = :id;
+
+-- prunable_tasks --
+-- Tasks whose obligation is closed and whose last activity is older than the cutoff.
+SELECT tenant, task_id FROM tasks
+WHERE obligation_open = 0 AND updated_at < :cutoff
+LIMIT :limit;
+
+-- prune_receipts --
+-- Delete the receipts of one prunable task (re-checked: its obligation must still be closed).
+DELETE FROM receipts
+WHERE tenant = :tenant AND task_id = :task_id
+  AND EXISTS (SELECT 1 FROM tasks t WHERE t.tenant = :tenant AND t.task_id = :task_id
+              AND t.obligation_open = 0 AND t.updated_at < :cutoff);
+
+-- prune_leases --
+-- Delete the lease records of one pruned task.
+DELETE FROM leases
+WHERE tenant = :tenant AND task_id = :task_id
+  AND EXISTS (SELECT 1 FROM tasks t WHERE t.tenant = :tenant AND t.task_id = :task_id
+              AND t.obligation_open = 0 AND t.updated_at < :cutoff);
+
+-- prune_task --
+-- Delete one pruned task.
+DELETE FROM tasks
+WHERE tenant = :tenant AND task_id = :task_id AND obligation_open = 0 AND updated_at < :cutoff;
+
+-- count_tasks --
+-- Used by /v1/health to prove the database answers.
+SELECT 1 AS ok;
