@@ -12,7 +12,7 @@ import falcon.asgi
 import orjson
 
 from asyncgate import plugins
-from asyncgate.auth import AuthMiddleware, KeyRing
+from asyncgate.auth import AuthMiddleware, KeyRing, RequireIdentityMiddleware
 from asyncgate.contract import bundled_yaml
 from asyncgate.errors import handle_storage_unavailable, handle_unexpected, serialize_problem
 from asyncgate.ledger import Ledger
@@ -110,6 +110,7 @@ def create_app(settings: Settings) -> falcon.asgi.App:
         backend = plugins.rate_limiter_for(settings)
         middleware.append(RateLimitMiddleware(backend, settings, metrics, emitters.emit_one))
         closers.append(backend.close)
+    middleware.append(RequireIdentityMiddleware())
     middleware.append(Lifespan(dialect, settings, closers))
 
     app = falcon.asgi.App(middleware=middleware)

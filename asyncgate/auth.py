@@ -50,10 +50,10 @@ def bearer_token(req: falcon.Request) -> str | None:
 
 
 class AuthMiddleware:
-    """Resolves the caller in process_request; refuses the unauthenticated in process_resource.
+    """Resolves the caller's identity from the key; never refuses by itself.
 
-    The split lets the rate limiter (which runs between them) count failed attempts per
-    client address before the 401 is sent.
+    ``RequireIdentityMiddleware`` refuses later, so that the rate limiter, which runs
+    between the two, counts failed attempts per client address before the 401 is sent.
     """
 
     def __init__(self, keys: KeyRing) -> None:
@@ -68,9 +68,11 @@ class AuthMiddleware:
         req.context.identity = identity
         req.context.key_digest = digest
 
-    async def process_resource(
-        self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict
-    ) -> None:
+
+class RequireIdentityMiddleware:
+    """Refuses every request but /v1/health that carries no valid key, unknown routes included."""
+
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.path in PUBLIC_PATHS or req.context.identity is not None:
             return
         raise Problem(

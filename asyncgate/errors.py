@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import falcon
@@ -50,10 +51,11 @@ def conflict(code: str, detail: str, field: str | None = None) -> Problem:
 
 def problem_body(exc: falcon.HTTPError) -> dict[str, Any]:
     status = exc.status_code
-    code = getattr(exc, "code", None) or (exc.title or "error").lower().replace(" ", "_")
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    code = getattr(exc, "code", None) or phrase.lower().replace(" ", "_").replace("-", "_")
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + code,
-        "title": exc.title or code,
+        "title": exc.title if getattr(exc, "code", None) else phrase,
         "status": status,
         "detail": exc.description or exc.title or code,
         "code": code,

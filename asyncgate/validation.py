@@ -43,8 +43,11 @@ def validator(name: str) -> Callable[[Any], Any]:
 
 
 def field_of(exc: fastjsonschema.JsonSchemaValueException) -> str:
-    path = exc.path if exc.path else ["data"]
-    parts = [str(part) for part in path[1:]]
+    """The dotted path of the field at fault, naming a missing required property itself."""
+    parts = [str(part) for part in (exc.path or ["data"])[1:]]
+    if exc.rule == "required" and isinstance(exc.value, dict):
+        missing = [name for name in exc.rule_definition if name not in exc.value]
+        parts += missing[:1]
     return ".".join(parts) or "body"
 
 
@@ -86,9 +89,11 @@ def validate(schema: str, data: Any) -> Any:
         return validator(schema)(data)
     except fastjsonschema.JsonSchemaValueException as exc:
         field = field_of(exc)
-        raise invalid(
-            field, f"{field}: {exc.message.removeprefix(exc.name + ' ').strip()}"
-        ) from None
+        if exc.rule == "required":
+            detail = f"{field} is required"
+        else:
+            detail = f"{field}: {exc.message.removeprefix(exc.name).strip()}"
+        raise invalid(field, detail) from None
 
 
 # Query parameters ------------------------------------------------------------------------

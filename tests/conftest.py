@@ -65,8 +65,11 @@ class Client:
         self.conductor = conductor
         self.key = key
 
-    def request(self, method: str, path: str, *, key: str | None = None, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {key or self.key}", **kwargs.pop("headers", {})}
+    def request(
+        self, method: str, path: str, *, key: str | None = None, auth: bool = True, **kwargs: Any
+    ) -> Any:
+        headers = {"Authorization": f"Bearer {key or self.key}"} if auth else {}
+        headers.update(kwargs.pop("headers", {}))
         return async_to_sync(
             self.conductor.simulate_request, method, path, headers=headers, **kwargs
         )
@@ -99,15 +102,22 @@ class Client:
 
 
 class Tenants:
-    """Random keys for three tenants of this test alone; principal is service:<tenant>."""
+    """Random keys for three tenants of this test alone; principal is service:<tenant>.
+
+    ``delegate`` is a second principal (agent:delegate) inside tenant ``a``.
+    """
 
     def __init__(self, directory: Path) -> None:
         suffix = uuid.uuid4().hex[:10]
-        self.keys = {name: secrets.token_urlsafe(24) for name in ("a", "b", "c")}
-        self.tenant = {name: f"{name}-{suffix}" for name in self.keys}
+        self.keys = {name: secrets.token_urlsafe(24) for name in ("a", "b", "c", "delegate")}
+        self.tenant = {name: f"{name}-{suffix}" for name in ("a", "b", "c")}
+        self.tenant["delegate"] = self.tenant["a"]
+        self.principal = {name: f"service:{name}" for name in ("a", "b", "c")}
+        self.principal["delegate"] = "agent:delegate"
         self.path = directory / "keys.txt"
         lines = [
-            f"{hash_key(key)} {self.tenant[name]} service:{name}" for name, key in self.keys.items()
+            f"{hash_key(key)} {self.tenant[name]} {self.principal[name]}"
+            for name, key in self.keys.items()
         ]
         self.path.write_text("# test keys\n" + "\n".join(lines) + "\n")
 
