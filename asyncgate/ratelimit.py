@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,6 +23,9 @@ from asyncgate.settings import Settings
 
 log = logging.getLogger("asyncgate.ratelimit")
 EXEMPT_PATHS = frozenset({"/v1/health"})
+# In an outage every request fails; log and emit the anomaly at most this often (each
+# failure is still counted) so a webhook emitter is not flooded at the request rate.
+ANOMALY_INTERVAL_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,8 @@ class RateLimitMiddleware:
         self.fail_closed = settings.rate_limit_failure_mode == "closed"
         self.metrics = metrics
         self.report_anomaly = report_anomaly
+        self._last_report = -math.inf
+        self._unreported = 0
 
     async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.rate_verdict = None
@@ -107,13 +113,28 @@ class RateLimitMiddleware:
     async def _store_failed(self, exc: Exception) -> None:
         self.metrics.rate_limit_store_errors.inc()
         mode = "closed" if self.fail_closed else "open"
-        log.error("rate-limit store unavailable, failing %s: %s", mode, exc)
-        await self.report_anomaly(
-            {
-                "type": "system.anomaly.rate_limit_store_unavailable",
-                "body": {"backend": self.backend.name, "failure_mode": mode, "error": str(exc)},
-            }
-        )
+        now = time.monotonic()
+        if now - self._last_report < ANOMALY_INTERVAL_SECONDS:
+            self._unreported += 1
+        else:
+            self._last_report, unreported, self._unreported = now, self._unreported, 0
+            log.error(
+                "rate-limit store unavailable, failing %s (%d earlier failures unreported): %s",
+                mode,
+                unreported,
+                exc,
+            )
+            await self.report_anomaly(
+                {
+                    "type": "system.anomaly.rate_limit_store_unavailable",
+                    "body": {
+                        "backend": self.backend.name,
+                        "failure_mode": mode,
+                        "error": str(exc),
+                        "unreported_failures": unreported,
+                    },
+                }
+            )
         if self.fail_closed:
             raise Problem(
                 503,

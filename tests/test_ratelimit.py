@@ -188,14 +188,15 @@ def unreachable(make_client: Callable[..., Any], mode: str) -> Any:
 def test_unreachable_store_fails_open_quickly_and_is_counted(make_client):
     client = unreachable(make_client, "open")
     started = time.perf_counter()
-    for _ in range(5):
+    for _ in range(20):
         result = client.get("/v1/tasks")
         assert result.status_code == 200
         assert "X-RateLimit-Limit" not in result.headers
     assert time.perf_counter() - started < 2.0
     text = client.get("/v1/metrics").text
-    assert metric(text, "asyncgate_rate_limit_store_errors_total") == 6
-    assert metric(text, f'asyncgate_anomalies_total{{type="{STORE_ANOMALY}"}}') >= 1
+    assert metric(text, "asyncgate_rate_limit_store_errors_total") == 21
+    # Every failure is counted; the anomaly is sent at most once a second.
+    assert 1 <= metric(text, f'asyncgate_anomalies_total{{type="{STORE_ANOMALY}"}}') < 21
 
 
 def test_unreachable_store_fails_closed_with_503_when_configured(make_client):
