@@ -104,7 +104,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asyncgate",
-        description="AsyncGate: a task substrate that tracks obligations through immutable receipts.",
+        description="AsyncGate: tracks task obligations through immutable receipts.",
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"asyncgate {__version__}")

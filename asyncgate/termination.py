@@ -56,7 +56,7 @@ def rule_for(receipt_type: str) -> Rule | None:
 
 
 def is_locatable(artifacts: Sequence[Any] | None, delivery_proof: Mapping[str, Any] | None) -> bool:
-    """Evidence is at least one artifact or a non-empty delivery proof; ``[]`` and ``{}`` are not."""
+    """Evidence is an artifact or a non-empty delivery proof; ``[]`` and ``{}`` are not."""
     return bool(artifacts) or bool(delivery_proof)
 
 
