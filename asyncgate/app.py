@@ -38,25 +38,26 @@ class Emitters:
         self.pending: set[asyncio.Task[None]] = set()
 
     async def emit(self, anomalies: list[dict[str, Any]], tenant: str) -> None:
+        hook = plugins.plugin_manager().hook.asyncgate_emit_anomaly
         for anomaly in anomalies:
             self.metrics.anomalies.labels(anomaly["type"]).inc()
-            hook = plugins.plugin_manager().hook
-            for coroutine in hook.asyncgate_emit_anomaly(
-                anomaly=anomaly, tenant=tenant, settings=self.settings
-            ):
-                task = asyncio.create_task(self._deliver(coroutine))
-                self.pending.add(task)
-                task.add_done_callback(self.pending.discard)
+            # Called one implementation at a time so a failure is counted per emitter.
+            for impl in hook.get_hookimpls():
+                coroutine = impl.function(anomaly=anomaly, tenant=tenant, settings=self.settings)
+                if coroutine is not None:
+                    task = asyncio.create_task(self._deliver(impl.plugin_name, coroutine))
+                    self.pending.add(task)
+                    task.add_done_callback(self.pending.discard)
 
     async def emit_one(self, anomaly: dict[str, Any]) -> None:
         await self.emit([anomaly], tenant="-")
 
-    async def _deliver(self, coroutine: Any) -> None:
+    async def _deliver(self, emitter: str, coroutine: Any) -> None:
         try:
             await coroutine
-        except Exception:
-            self.metrics.emitter_failures.labels("unknown").inc()
-            log.exception("anomaly emitter failed")
+        except Exception as exc:
+            self.metrics.emitter_failures.labels(emitter).inc()
+            log.error("anomaly emitter failed", extra={"emitter": emitter, "error": str(exc)})
 
     async def drain(self) -> None:
         if self.pending:

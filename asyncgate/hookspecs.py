@@ -65,6 +65,15 @@ def asyncgate_emit_anomaly(
     ledger (a rate-limit store that is unreachable) a dict with ``type`` and ``body``.
     Every plugin is called; each acts only if its name is in
     ``settings.anomaly_emitters`` and returns a coroutine (or ``None`` to skip).
-    Emitters must not raise: a failed delivery is logged and counted by the emitter,
-    never surfaced to the client whose request caused the anomaly.
+    The coroutine runs in the background: if it raises, AsyncGate logs the failure and
+    counts it in ``asyncgate_emitter_failures_total{emitter=<plugin>}``; the client whose
+    request caused the anomaly never sees it.
+    """
+
+
+@hookspec
+def asyncgate_check_settings(settings: Settings) -> None:
+    """Refuse settings this plugin cannot work with by raising ``ConfigError``, at startup.
+
+    Called once per app; for example the webhook emitter requires a URL when enabled.
     """

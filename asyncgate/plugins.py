@@ -61,6 +61,8 @@ def rate_limiter_for(settings: Settings) -> RateLimitBackend:
 
 
 def check_emitters(settings: Settings) -> None:
+    """Every enabled emitter is installed, and every plugin accepts the settings."""
+    plugin_manager().hook.asyncgate_check_settings(settings=settings)
     installed = set(itertools.chain.from_iterable(plugin_manager().hook.asyncgate_emitter_names()))
     unknown = sorted(settings.anomaly_emitters - installed)
     if unknown:

@@ -47,6 +47,7 @@ class Settings:
     rate_limit_redis_timeout_seconds: float = 0.25
     anomaly_emitters: frozenset[str] = frozenset({"log"})
     webhook_url: str | None = None
+    webhook_secret: str | None = None
     webhook_timeout_seconds: float = 2.0
     db_pool_min_size: int = 1
     db_pool_max_size: int = 10
@@ -105,6 +106,7 @@ class Settings:
             ),
             anomaly_emitters=reader.names("ANOMALY_EMITTERS", "log"),
             webhook_url=env.get("ASYNCGATE_WEBHOOK_URL") or None,
+            webhook_secret=env.get("ASYNCGATE_WEBHOOK_SECRET") or None,
             webhook_timeout_seconds=reader.number("WEBHOOK_TIMEOUT_SECONDS", 2.0, 0.1, 60.0),
             db_pool_min_size=reader.integer("DB_POOL_MIN_SIZE", 1, 0, 1000),
             db_pool_max_size=reader.integer("DB_POOL_MAX_SIZE", 10, 1, 1000),
