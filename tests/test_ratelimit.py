@@ -8,6 +8,7 @@ import os
 import random
 import re
 import secrets
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -210,6 +211,25 @@ def test_unreachable_store_fails_closed_with_503_when_configured(make_client):
     assert refused.headers["Retry-After"] == "1"
     assert client.get("/v1/health").status_code == 200
     assert client.get("/v1/metrics").status_code == 503
+
+
+def test_a_store_that_never_answers_costs_one_timeout_not_one_per_request(make_client):
+    # The kernel accepts connections on a listening socket nobody reads: Redis hangs.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        client = make_client(
+            RATE_LIMIT_ACTIVE="true",
+            RATE_LIMIT_BACKEND="redis",
+            RATE_LIMIT_REDIS_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+            RATE_LIMIT_REDIS_TIMEOUT_SECONDS="0.2",
+        )
+        started = time.perf_counter()
+        for _ in range(10):
+            assert client.get("/v1/tasks").status_code == 200
+        # One read timeout (no retries), then the backend's cooldown answers at once:
+        # well under the 2 s that ten timeouts would take.
+        assert time.perf_counter() - started < 1.5
 
 
 # --- the backends themselves, on a pinned clock ---------------------------------------
