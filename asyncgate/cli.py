@@ -23,14 +23,21 @@ def _settings(require_keys: bool) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    _settings(require_keys=True)  # refuse before forking workers, with the same one-line reason
+    settings = _settings(require_keys=True)  # refuse before starting, with a one-line reason
+    print(
+        f"asyncgate {__version__}: serving http://{args.host}:{args.port}/v1 "
+        f"on {settings.database_url} (Ctrl-C to stop)",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(
         "asyncgate.main:app",
         host=args.host,
         port=args.port,
         workers=args.workers,
         proxy_headers=args.proxy_headers,
-        log_level="warning",
+        log_level=args.log_level,
+        access_log=not args.no_access_log,
     )
     return 0
 
@@ -123,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="trust X-Forwarded-For from a load balancer (client addresses for rate limits)",
     )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (AsyncGate's own JSON logs follow ASYNCGATE_LOG_LEVEL)",
+    )
+    serve.add_argument("--no-access-log", action="store_true", help="omit per-request log lines")
     serve.set_defaults(func=cmd_serve)
 
     migrate = commands.add_parser(
