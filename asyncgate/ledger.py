@@ -7,6 +7,7 @@ dialect, and after commit the ledger hands anomalies to the emitters.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
@@ -17,13 +18,22 @@ from asyncgate.errors import conflict, invalid, not_found
 from asyncgate.ids import fingerprint, new_id, utcnow
 from asyncgate.metrics import Metrics
 from asyncgate.settings import Identity, Settings
-from asyncgate.storage import Dialect, Row, Tx, UniqueViolation
+from asyncgate.storage import (
+    Dialect,
+    Row,
+    StorageUnavailable,
+    TransientConflict,
+    Tx,
+    UniqueViolation,
+)
 from asyncgate.views import lease_is_live, receipt_view, task_view
 
 Emit = Callable[[list[dict[str, Any]], str], Awaitable[None]]
 # A unique violation means a concurrent request with the same idempotency key or
 # receipt_id committed first; one more attempt then takes the replay path.
 UNIQUE_RETRIES = 2
+# A deadlock or serialization failure rolled everything back; rerunning is safe, briefly.
+TRANSIENT_RETRIES = 5
 
 
 class Ledger:
@@ -34,16 +44,22 @@ class Ledger:
         self.emit = emit
 
     async def _in_transaction(self, work: Callable[[Tx, datetime], Awaitable[Any]]) -> Any:
-        for attempt in range(UNIQUE_RETRIES):
+        unique = transient = 0
+        while True:
             try:
                 async with self.dialect.transaction() as tx:
                     return await work(tx, utcnow())
             except UniqueViolation:
-                if attempt == UNIQUE_RETRIES - 1:
+                unique += 1
+                if unique >= UNIQUE_RETRIES:
                     raise conflict(
                         "concurrent_write", "a concurrent request wrote the same id; retry"
                     ) from None
-        raise AssertionError("unreachable")
+            except TransientConflict as exc:
+                transient += 1
+                if transient >= TRANSIENT_RETRIES:
+                    raise StorageUnavailable(f"contention persisted: {exc}") from exc
+                await asyncio.sleep(random.uniform(0, 0.01 * 2**transient))
 
     # Tasks -------------------------------------------------------------------------------
 

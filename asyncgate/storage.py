@@ -48,6 +48,10 @@ class UniqueViolation(Exception):
     """A unique constraint refused a write (mapped to HTTP 409 by the ledger)."""
 
 
+class TransientConflict(Exception):
+    """A serialization failure or deadlock: the whole transaction may simply be run again."""
+
+
 class Tx(Protocol):
     """One open transaction. Every method runs a named query of the dialect's queries.sql."""
 

@@ -1,0 +1,281 @@
+"""The PostgreSQL dialect: psycopg 3 with a connection pool, for several instances on one database.
+
+Concurrency is the database's job here: claims lock rows with ``FOR UPDATE SKIP LOCKED``,
+receipts lock their task row, and transactions run at READ COMMITTED.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
+from psycopg.types.string import TextLoader
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from asyncgate import PROJECT_ROOT, hookimpl
+from asyncgate.settings import Settings
+from asyncgate.storage import (
+    JSON_COLUMNS,
+    Row,
+    StorageUnavailable,
+    TaskSignal,
+    TransientConflict,
+    UniqueViolation,
+    load_queries,
+    migration_files,
+)
+
+QUERIES = load_queries(Path(__file__).with_name("queries.sql"))
+MIGRATIONS = PROJECT_ROOT / "migrations" / "postgres"
+SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+asyncpg")
+# Every `asyncgate migrate` (and every instance migrating at startup) queues on this lock.
+MIGRATION_LOCK = 0x41_5947_4154  # "ASYGAT"
+# How long a request waits for a pooled connection before answering 503.
+POOL_TIMEOUT = 10.0
+PING_TIMEOUT = 3.0
+# While the server is known to be down, requests fail at once; a new probe at most this often.
+PROBE_INTERVAL = 1.0
+DEFAULT_CONNINFO = {"application_name": "asyncgate", "connect_timeout": "5"}
+SESSION_SETUP = (
+    # Timestamps come back as UTC datetimes.
+    "SET TIME ZONE 'UTC'",
+    # The optional filters (`%(x)s IS NULL OR ...`) need plans made for the actual values.
+    "SET plan_cache_mode = force_custom_plan",
+)
+# SQLSTATE classes meaning the server or the connection went away: 08 connection exception,
+# 57P admin/crash shutdown or "cannot connect now" (starting up, recovering).
+_DOWN_STATES = ("08", "57P")
+
+log = logging.getLogger("asyncgate")
+
+
+def conninfo_from_url(url: str) -> str:
+    """A libpq conninfo from any accepted URL form; the ``+driver`` suffix is only a label."""
+    scheme, rest = url.split(":", 1)
+    if scheme.lower() not in SCHEMES:
+        raise ValueError(f"not a PostgreSQL URL scheme: {scheme}")
+    if not rest.startswith("//"):
+        raise ValueError("a PostgreSQL URL is postgresql://user@host:port/database")
+    conninfo = "postgresql:" + rest
+    try:
+        given = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"cannot parse the PostgreSQL URL: {exc}") from None
+    defaults = {name: value for name, value in DEFAULT_CONNINFO.items() if name not in given}
+    return make_conninfo(conninfo, **defaults)
+
+
+def to_db(params: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON columns travel as jsonb; ids, id lists and times need no conversion (cast in SQL)."""
+    return {
+        name: Jsonb(value) if name in JSON_COLUMNS and value is not None else value
+        for name, value in params.items()
+    }
+
+
+def _is_down(exc: BaseException) -> bool:
+    if isinstance(exc, PoolTimeout | PoolClosed | psycopg.InterfaceError):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith(_DOWN_STATES)
+
+
+class PostgresTx:
+    def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
+        self.conn = conn
+
+    async def one(self, query: str, **params: Any) -> Row | None:
+        cursor = await self.conn.execute(QUERIES[query], to_db(params))
+        return await cursor.fetchone()
+
+    async def all(self, query: str, **params: Any) -> list[Row]:
+        cursor = await self.conn.execute(QUERIES[query], to_db(params))
+        return await cursor.fetchall()
+
+    async def run(self, query: str, **params: Any) -> int:
+        cursor = await self.conn.execute(QUERIES[query], to_db(params))
+        return cursor.rowcount
+
+    async def many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            async with self.conn.cursor() as cursor:
+                await cursor.executemany(QUERIES[query], [to_db(row) for row in rows])
+
+
+class PostgresDialect:
+    name = "postgres"
+
+    def __init__(self, conninfo: str, min_size: int, max_size: int) -> None:
+        self.conninfo = conninfo
+        self.min_size = min_size
+        self.max_size = max_size
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] | None = None
+        self._signal = TaskSignal()
+        # Set when the server is seen down; cleared by the first probe that connects.
+        self._down = False
+        self._probed_at = 0.0
+
+    # Connections ---------------------------------------------------------------------
+
+    @staticmethod
+    async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        set_json_dumps(orjson.dumps, conn)
+        set_json_loads(orjson.loads, conn)
+        # uuid and uuid[] columns load straight into canonical str, the ledger's id shape.
+        conn.adapters.register_loader("uuid", TextLoader)
+        for statement in SESSION_SETUP:
+            await conn.execute(statement)
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        self._pool = AsyncConnectionPool(
+            self.conninfo,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=self._configure,
+            # A connection is checked as it leaves the pool: after a server restart the dead
+            # ones are discarded and replaced instead of failing one request each.
+            check=AsyncConnectionPool.check_connection,
+            timeout=POOL_TIMEOUT,
+            name="asyncgate",
+            open=False,
+        )
+        # Not waiting: a database that is down at startup makes requests answer 503, and the
+        # pool keeps reconnecting in the background.
+        await self._pool.open(wait=False)
+        if not await self._probe():
+            log.warning("PostgreSQL is unreachable; answering 503 until it is back")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def _probe(self) -> bool:
+        """Connect once outside the pool, to tell "down" from "busy" without waiting."""
+        self._probed_at = time.monotonic()
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=2)
+        except psycopg.Error:
+            self._down = True
+            return False
+        await conn.close()
+        self._down = False
+        return True
+
+    @asynccontextmanager
+    async def _connection(
+        self, timeout: float = POOL_TIMEOUT
+    ) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+        await self.open()
+        assert self._pool is not None
+        async with self._mapped_errors():
+            if self._down and (
+                time.monotonic() - self._probed_at < PROBE_INTERVAL or not await self._probe()
+            ):
+                raise StorageUnavailable("PostgreSQL is unreachable")
+            async with self._pool.connection(timeout=timeout) as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _mapped_errors(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except psycopg.errors.UniqueViolation as exc:
+            raise UniqueViolation(str(exc)) from exc
+        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
+            raise TransientConflict(str(exc)) from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolClosed) as exc:
+            # PoolTimeout is an OperationalError: the pool had no connection to give in time.
+            if _is_down(exc):
+                self._down = True
+            raise StorageUnavailable(str(exc) or type(exc).__name__) from exc
+
+    # The Dialect protocol --------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        try:
+            async with self._connection(PING_TIMEOUT) as conn:
+                await conn.execute(QUERIES["count_tasks"])
+            return True
+        except (StorageUnavailable, psycopg.Error):
+            return False
+
+    async def migrate(self) -> list[str]:
+        applied: list[str] = []
+        for version, name, sql in migration_files(MIGRATIONS):
+            # One transaction per migration, under an advisory lock held until it commits:
+            # a concurrent migrator waits, then sees the version row and skips.
+            async with self._connection() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
+                    " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                cursor = await conn.execute(
+                    "SELECT 1 FROM schema_migrations WHERE version = %s", [version]
+                )
+                if await cursor.fetchone() is not None:
+                    continue
+                await conn.execute(sql.encode())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    [version, name],
+                )
+                applied.append(name)
+        return applied
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTx]:
+        async with self._connection() as conn, conn.transaction():
+            yield PostgresTx(conn)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[PostgresTx]:
+        async with self._connection() as conn, conn.transaction():
+            # One consistent snapshot for the cursor lookup and the page it anchors.
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield PostgresTx(conn)
+
+    async def stream(self, query: str, **params: Any) -> AsyncIterator[Row]:
+        # A pooled connection of its own and a server-side cursor: rows arrive in batches,
+        # so the dump's memory stays flat however many obligations are open.
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            async with conn.cursor(name="asyncgate_stream") as cursor:
+                cursor.itersize = 500
+                await cursor.execute(QUERIES[query], to_db(params))
+                async for row in cursor:
+                    yield row
+
+    async def wait_for_tasks(self, tenant: str, timeout: float) -> None:
+        await self._signal.wait(tenant, timeout)
+
+    def tasks_created(self, tenant: str) -> None:
+        self._signal.notify(tenant)
+
+
+@hookimpl
+def asyncgate_dialect_names() -> list[str]:
+    return list(SCHEMES)
+
+
+@hookimpl
+def asyncgate_dialect(scheme: str, url: str, settings: Settings) -> PostgresDialect | None:
+    if scheme not in SCHEMES:
+        return None
+    return PostgresDialect(
+        conninfo_from_url(url), settings.db_pool_min_size, settings.db_pool_max_size
+    )

@@ -1,0 +1,192 @@
+-- insert_task --
+-- One new task with its obligation id; rows come from ledger.create_tasks.
+INSERT INTO tasks (tenant, task_id, type, payload, principal, created_by, priority,
+                   idempotency_key, request_hash, state, lease_generation,
+                   obligation_receipt_id, obligation_open, created_at, updated_at)
+VALUES (%(tenant)s, %(task_id)s::uuid, %(type)s, %(payload)s::jsonb, %(principal)s,
+        %(created_by)s, %(priority)s, %(idempotency_key)s::text, %(request_hash)s, 'PENDING', 0,
+        %(obligation_receipt_id)s::uuid, true, %(created_at)s, %(created_at)s);
+
+-- task_by_idempotency_key --
+-- The task an idempotency key already created, if any.
+SELECT * FROM tasks WHERE tenant = %(tenant)s AND idempotency_key = %(idempotency_key)s::text;
+
+-- get_task --
+-- One task of a tenant.
+SELECT * FROM tasks WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid;
+
+-- lock_task --
+-- One task, locked until the transaction ends: receipts on one task are written one at a time.
+SELECT * FROM tasks WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid FOR UPDATE;
+
+-- list_tasks --
+-- A page of tasks in (created_at, task_id) order; state is the lazily evaluated state.
+SELECT * FROM tasks
+WHERE tenant = %(tenant)s
+  AND (%(type)s::text IS NULL OR type = %(type)s::text)
+  AND (%(state)s::text IS NULL OR
+       (CASE WHEN state = 'ACTIVE' AND lease_expires_at <= %(now)s::timestamptz
+             THEN 'PENDING' ELSE state END) = %(state)s::text)
+  AND (%(after_created_at)s::timestamptz IS NULL
+       OR (created_at, task_id) > (%(after_created_at)s::timestamptz, %(after_id)s::uuid))
+ORDER BY created_at, task_id
+LIMIT %(limit)s;
+
+-- claim_candidates --
+-- Claimable tasks (PENDING, or ACTIVE with an expired lease) in priority then age order,
+-- locked; rows another claim holds are skipped, so concurrent claimers never wait or collide.
+SELECT * FROM tasks
+WHERE tenant = %(tenant)s
+  AND state IN ('PENDING', 'ACTIVE')
+  AND (state = 'PENDING' OR lease_expires_at <= %(now)s::timestamptz)
+  AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+ORDER BY priority DESC, created_at, task_id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- grant_lease --
+-- Make a lease the task's current one.
+UPDATE tasks
+SET state = 'ACTIVE', lease_id = %(lease_id)s::uuid, lease_worker = %(worker)s,
+    lease_expires_at = %(expires_at)s, lease_generation = %(generation)s,
+    updated_at = %(now)s
+WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid;
+
+-- insert_lease --
+-- The lease's own record, kept so that an old lease id answers 409 rather than 404.
+INSERT INTO leases (tenant, lease_id, task_id, generation, worker, granted_at, expires_at)
+VALUES (%(tenant)s, %(lease_id)s::uuid, %(task_id)s::uuid, %(generation)s, %(worker)s,
+        %(now)s, %(expires_at)s);
+
+-- get_lease --
+-- A lease with its task's current lease, to tell current from superseded; the task row is
+-- locked so a renew or release cannot interleave with a claim taking the task over.
+SELECT l.lease_id, l.task_id, l.generation, l.worker, l.expires_at, l.released_at,
+       t.lease_id AS current_lease_id, t.state AS task_state, t.lease_expires_at
+FROM leases l JOIN tasks t ON t.tenant = l.tenant AND t.task_id = l.task_id
+WHERE l.tenant = %(tenant)s AND l.lease_id = %(lease_id)s::uuid
+FOR UPDATE OF t;
+
+-- renew_lease --
+-- Extend the current lease.
+UPDATE tasks SET lease_expires_at = %(expires_at)s, updated_at = %(now)s
+WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid AND lease_id = %(lease_id)s::uuid;
+
+-- renew_lease_record --
+-- Keep the lease record's expiry in step with the task.
+UPDATE leases SET expires_at = %(expires_at)s
+WHERE tenant = %(tenant)s AND lease_id = %(lease_id)s::uuid;
+
+-- release_lease --
+-- Give up the current lease: the task is claimable again, with no failure recorded.
+UPDATE tasks
+SET state = 'PENDING', lease_id = NULL, lease_worker = NULL, lease_expires_at = NULL,
+    updated_at = %(now)s
+WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid AND lease_id = %(lease_id)s::uuid;
+
+-- end_lease_record --
+-- Mark a lease record released (by release or by a terminal receipt).
+UPDATE leases SET released_at = %(now)s
+WHERE tenant = %(tenant)s AND lease_id = %(lease_id)s::uuid AND released_at IS NULL;
+
+-- insert_receipt --
+-- Append one receipt to the ledger.
+INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
+                      parent_receipt_ids, stripped_parent_receipt_ids, body, artifacts,
+                      delivery_proof, content_hash, created_at)
+VALUES (%(tenant)s, %(receipt_id)s::uuid, %(type)s, %(task_id)s::uuid, %(from_principal)s,
+        %(to_principal)s, %(lease_id)s::uuid, %(parent_receipt_ids)s::uuid[],
+        %(stripped_parent_receipt_ids)s::uuid[], %(body)s::jsonb, %(artifacts)s::jsonb,
+        %(delivery_proof)s::jsonb, %(content_hash)s, %(created_at)s);
+
+-- get_receipt --
+-- One receipt of a tenant.
+SELECT * FROM receipts WHERE tenant = %(tenant)s AND receipt_id = %(receipt_id)s::uuid;
+
+-- find_receipts --
+-- Which of the given ids exist in the tenant, with their type and task.
+SELECT receipt_id, type, task_id FROM receipts
+WHERE tenant = %(tenant)s AND receipt_id = ANY(%(ids)s::uuid[]);
+
+-- update_task_after_receipt --
+-- Apply a receipt's effect: new state, lease ended or kept, obligation closed or not.
+UPDATE tasks
+SET state = %(state)s,
+    lease_id = CASE WHEN %(end_lease)s::boolean THEN NULL ELSE lease_id END,
+    lease_worker = CASE WHEN %(end_lease)s::boolean THEN NULL ELSE lease_worker END,
+    lease_expires_at = CASE WHEN %(end_lease)s::boolean THEN NULL ELSE lease_expires_at END,
+    obligation_open = CASE WHEN %(closed_by)s::uuid IS NULL THEN obligation_open ELSE false END,
+    obligation_closed_by = COALESCE(%(closed_by)s::uuid, obligation_closed_by),
+    updated_at = %(now)s
+WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid;
+
+-- list_receipts --
+-- A page of the ledger in (created_at, receipt_id) order.
+SELECT * FROM receipts
+WHERE tenant = %(tenant)s
+  AND (%(task_id)s::uuid IS NULL OR task_id = %(task_id)s::uuid)
+  AND (%(type)s::text IS NULL OR type = %(type)s::text)
+  AND (%(type_prefix)s::text IS NULL OR starts_with(type, %(type_prefix)s::text))
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+  AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s::timestamptz)
+  AND (%(after_created_at)s::timestamptz IS NULL
+       OR (created_at, receipt_id) > (%(after_created_at)s::timestamptz, %(after_id)s::uuid))
+ORDER BY created_at, receipt_id
+LIMIT %(limit)s;
+
+-- open_obligations --
+-- Open obligations, oldest first, read through the partial index of open tasks only
+-- (LIMIT NULL is no limit: the streamed dump).
+SELECT r.* FROM tasks t
+JOIN receipts r ON r.tenant = t.tenant AND r.receipt_id = t.obligation_receipt_id
+WHERE t.tenant = %(tenant)s AND t.obligation_open
+  AND (%(after_created_at)s::timestamptz IS NULL
+       OR (t.created_at, t.task_id) > (%(after_created_at)s::timestamptz, %(after_id)s::uuid))
+ORDER BY t.created_at, t.task_id
+LIMIT %(limit)s;
+
+-- obligation_cursor --
+-- The keyset position of an obligation id.
+SELECT created_at, task_id AS id FROM tasks
+WHERE tenant = %(tenant)s AND obligation_receipt_id = %(id)s::uuid;
+
+-- task_cursor --
+-- The keyset position of a task id.
+SELECT created_at, task_id AS id FROM tasks WHERE tenant = %(tenant)s AND task_id = %(id)s::uuid;
+
+-- receipt_cursor --
+-- The keyset position of a receipt id.
+SELECT created_at, receipt_id AS id FROM receipts
+WHERE tenant = %(tenant)s AND receipt_id = %(id)s::uuid;
+
+-- prunable_tasks --
+-- Tasks whose obligation is closed and whose last activity is older than the cutoff, locked
+-- (skipping any a writer holds) so no receipt lands on a task while it is being deleted.
+SELECT tenant, task_id FROM tasks
+WHERE NOT obligation_open AND updated_at < %(cutoff)s
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- prune_receipts --
+-- Delete the receipts of one prunable task (re-checked: its obligation must still be closed).
+DELETE FROM receipts
+WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid
+  AND EXISTS (SELECT 1 FROM tasks t WHERE t.tenant = %(tenant)s AND t.task_id = %(task_id)s::uuid
+              AND NOT t.obligation_open AND t.updated_at < %(cutoff)s);
+
+-- prune_leases --
+-- Delete the lease records of one pruned task.
+DELETE FROM leases
+WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid
+  AND EXISTS (SELECT 1 FROM tasks t WHERE t.tenant = %(tenant)s AND t.task_id = %(task_id)s::uuid
+              AND NOT t.obligation_open AND t.updated_at < %(cutoff)s);
+
+-- prune_task --
+-- Delete one pruned task.
+DELETE FROM tasks
+WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid
+  AND NOT obligation_open AND updated_at < %(cutoff)s;
+
+-- count_tasks --
+-- Used by /v1/health to prove the database answers.
+SELECT 1 AS ok;
