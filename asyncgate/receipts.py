@@ -36,22 +36,28 @@ class ReceiptResult:
         }
 
 
-def check_request(spec: dict[str, Any], prefix: str = "") -> termination.Rule:
-    """Rules that need no database: the receipt type, the body's size, the lease requirement."""
-    rule = termination.rule_for(spec["type"])
+def check_type(receipt_type: str, prefix: str = "") -> termination.Rule:
+    """The rule for a type a client may write; 422 naming why (unknown or AsyncGate's own)."""
+    rule = termination.rule_for(receipt_type)
     if rule is None:
         raise invalid(
             f"{prefix}type",
-            f"unknown receipt type {spec['type']!r}; clients write "
+            f"unknown receipt type {receipt_type!r}; clients write "
             f"{', '.join(termination.CLIENT_TYPES)}",
             "unknown_receipt_type",
         )
     if not rule.client_may_write:
         raise invalid(
             f"{prefix}type",
-            f"{spec['type']} is written by AsyncGate only",
+            f"{receipt_type} is written by AsyncGate only",
             "reserved_receipt_type",
         )
+    return rule
+
+
+def check_request(spec: dict[str, Any], prefix: str = "") -> termination.Rule:
+    """Rules that need no database: the receipt type, the body's size, the lease requirement."""
+    rule = check_type(spec["type"], prefix)
     if len(orjson.dumps(spec["body"])) > MAX_BODY_BYTES:
         raise invalid(f"{prefix}body", "body is over 64 KiB as compact JSON", "body_too_large")
     if rule.requires_lease and not spec.get("lease_id"):

@@ -7,8 +7,17 @@ from typing import Any
 import falcon
 
 from asyncgate.errors import invalid
+from asyncgate.receipts import check_type
 from asyncgate.resources.base import Resource, link_next, send_json
-from asyncgate.validation import parse_uuid, path_id, text_param, time_param, uuid_param
+from asyncgate.validation import (
+    parse_uuid,
+    path_id,
+    read_json,
+    text_param,
+    time_param,
+    uuid_param,
+    validate,
+)
 
 
 def normalize(spec: dict[str, Any]) -> dict[str, Any]:
@@ -23,9 +32,30 @@ def normalize(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-class ReceiptsResource(Resource):
+def refuse_unwritable_types(data: Any, batch: bool) -> None:
+    """Say why a receipt type is refused (unknown, or AsyncGate's own), before the schema's enum.
+
+    The schema lists the client types, so the contract is exact; this keeps the SPEC's more
+    telling codes (unknown_receipt_type, reserved_receipt_type) for the same 422.
+    """
+    items = data.get("receipts") if batch and isinstance(data, dict) else [data]
+    if not isinstance(items, list):
+        return
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and isinstance(item.get("type"), str):
+            check_type(item["type"], f"receipts.{index}." if batch else "")
+
+
+class ReceiptWriter(Resource):
+    async def receipts_body(self, req: falcon.Request, schema: str, batch: bool) -> Any:
+        data = await read_json(req, self.settings.max_body_bytes)
+        refuse_unwritable_types(data, batch)
+        return validate(schema, data)
+
+
+class ReceiptsResource(ReceiptWriter):
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        spec = normalize(await self.body(req, "receipt-create.json"))
+        spec = normalize(await self.receipts_body(req, "receipt-create.json", batch=False))
         [result] = await self.ledger.write_receipts(self.identity(req), [spec], batch=False)
         send_json(resp, result.as_json(), 200 if result.replayed else 201)
 
@@ -53,9 +83,9 @@ class ReceiptsResource(Resource):
         send_json(resp, page)
 
 
-class ReceiptBatchResource(Resource):
+class ReceiptBatchResource(ReceiptWriter):
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        batch = await self.body(req, "receipt-batch-create.json")
+        batch = await self.receipts_body(req, "receipt-batch-create.json", batch=True)
         specs = [normalize(spec) for spec in batch["receipts"]]
         results = await self.ledger.write_receipts(self.identity(req), specs, batch=True)
         send_json(resp, {"results": [result.as_json() for result in results]}, 201)
