@@ -71,6 +71,7 @@ class RedisBackend:
         # EVALSHA, loading the script on NOSCRIPT (after a Redis restart or failover).
         self._script = self._client.register_script(GCRA_LUA)
         self._prefix = prefix
+        # None in service: the script reads Redis TIME. Tests and benches may pin the clock.
         self._clock = clock
         self._down_until = 0.0
 
