@@ -1,0 +1,230 @@
+"""AsyncGate's benchmark: one command, PostgreSQL, a separate load process, one table of ratios.
+
+    .venv/bin/python bench/run.py            # the full run (several minutes)
+    .venv/bin/python bench/run.py --quick    # tiny sizes: keeps the command working in CI
+
+It creates a throwaway database, starts `uvicorn asyncgate.main:app` on loopback, measures the
+floor (bare psycopg async single-row INSERTs) in the same run, then drives the service with wrk
+(receipt ingest) and a lean asyncio client (everything that chains responses). Speeds are
+reported as ratios measured side by side, never as bare times alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from scenarios import (  # noqa: E402  (bench/ is not a package)
+    Context,
+    bootstrap,
+    contended_claims,
+    floor,
+    ingest,
+    life_cycles,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+TENANTS = ("ingest", "cycles", "batched", "boot", "claims")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    log("wrk not found; installing it from Debian's packages")
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("bench: wrk is required (apt-get install wrk)")
+    return found
+
+
+def start_server(ctx: Context, workers: int, keys_file: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "ASYNCGATE_ENV": "production",
+        "ASYNCGATE_DATABASE_URL": ctx.database_url,
+        "ASYNCGATE_API_KEYS_FILE": str(keys_file),
+        "ASYNCGATE_RATE_LIMIT_ACTIVE": "false",
+        "ASYNCGATE_LOG_LEVEL": "WARNING",
+        "ASYNCGATE_DB_POOL_MIN_SIZE": "4",
+        "ASYNCGATE_DB_POOL_MAX_SIZE": "20",
+    }
+    command = [
+        sys.executable, "-m", "uvicorn", "asyncgate.main:app",
+        "--host", "127.0.0.1", "--port", str(ctx.port), "--workers", str(workers),
+        "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", ctx.port), timeout=0.5):
+                return server
+        except OSError:
+            if server.poll() is not None:
+                raise SystemExit("bench: the server exited at startup") from None
+            time.sleep(0.2)
+    raise SystemExit("bench: the server did not start within 30 s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (default 1)")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per timed phase")
+    parser.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a database to create the throwaway bench database from",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.duration = min(args.duration, 1.5)
+
+    wrk = ensure_wrk()
+    name = f"asyncgate_bench_{os.getpid()}"
+    with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    database_url = args.pg_admin_url.rsplit("/", 1)[0] + "/" + name
+    keys = {tenant: secrets.token_urlsafe(24) for tenant in TENANTS}
+    workdir = Path(tempfile.mkdtemp(prefix="asyncgate-bench-"))
+    keys_file = workdir / "keys"
+    from asyncgate.settings import hash_key
+
+    keys_file.write_text("".join(f"{hash_key(k)} {t} service:bench\n" for t, k in keys.items()))
+    ctx = Context(
+        port=free_port(),
+        database_url=database_url,
+        keys=keys,
+        connections=args.connections,
+        duration=args.duration,
+        quick=args.quick,
+        wrk=wrk,
+        workdir=workdir,
+        log=log,
+    )
+    server = None
+    try:
+        server = start_server(ctx, args.workers, keys_file)
+        ctx.server_pid = server.pid
+        rows = asyncio.run(run_all(ctx))
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+        with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_table(rows, args)
+    return 0
+
+
+async def run_all(ctx: Context) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    ctx.log("floor: bare psycopg async single-row INSERTs")
+    floor_rate = await floor(ctx)
+    rows.append(("floor: psycopg INSERTs/s", f"{floor_rate:,.0f}", "1.00 (reference)"))
+
+    ctx.log("1. receipt ingest (task.progress under a lease) with wrk")
+    ingest_rate, ingest_errors = await ingest(ctx)
+    ratio = ingest_rate / floor_rate
+    rows.append((
+        "1. receipt ingest/s",
+        f"{ingest_rate:,.0f} ({ingest_errors} non-2xx)",
+        f"{ratio:.2f} x floor; goal >= 0.6: {'met' if ratio >= 0.6 else 'NOT met'}",
+    ))  # fmt: skip
+
+    ctx.log("2. life cycles, one request each")
+    single = await life_cycles(ctx, batched=False)
+    ctx.log("2. life cycles through the batch endpoints")
+    batched = await life_cycles(ctx, batched=True)
+    vs_ingest = single / ingest_rate
+    rows.append((
+        "2. life cycles/s, unbatched",
+        f"{single:,.0f}",
+        f"{single / floor_rate:.2f} x floor; {vs_ingest:.2f} x ingest; "
+        f"goal >= 0.25 x ingest: {'met' if vs_ingest >= 0.25 else 'NOT met'}",
+    ))  # fmt: skip
+    rows.append((
+        "2. life cycles/s, batched (100)",
+        f"{batched:,.0f}",
+        f"{batched / floor_rate:.2f} x floor; {batched / single:.1f} x unbatched; "
+        f"goal >= 5x: {'met' if batched >= 5 * single else 'NOT met'}",
+    ))  # fmt: skip
+
+    ctx.log("3. bootstrap over a small and a large ledger")
+    boot = await bootstrap(ctx)
+    growth = boot["large_seconds"] / boot["small_seconds"]
+    rows.append((
+        f"3. bootstrap {boot['open']:,} open, ledger {boot['small_ledger']:,}",
+        f"{boot['small_seconds'] * 1000:,.0f} ms",
+        "1.00 (reference)",
+    ))  # fmt: skip
+    rows.append((
+        f"3. bootstrap {boot['open']:,} open, ledger {boot['large_ledger']:,}",
+        f"{boot['large_seconds'] * 1000:,.0f} ms",
+        f"{growth:.2f} x small ledger; goal <= 1.5: {'met' if growth <= 1.5 else 'NOT met'}",
+    ))  # fmt: skip
+    rows.append((
+        f"3. server RSS streaming {boot['big_open']:,} open",
+        f"+{boot['big_rss_growth_mib']:.1f} MiB",
+        f"vs +{boot['small_rss_growth_mib']:.1f} MiB for {boot['open']:,} "
+        f"(baseline {boot['baseline_rss_mib']:.0f} MiB)",
+    ))  # fmt: skip
+
+    ctx.log("4. contended claims")
+    claims = await contended_claims(ctx)
+    rows.append((
+        f"4. claims/s, {ctx.connections} claimers over {claims['tasks']:,} tasks",
+        f"{claims['rate']:,.0f}",
+        f"{claims['rate'] / floor_rate:.2f} x floor; double leases: {claims['double_leases']}"
+        f" ({'met' if claims['double_leases'] == 0 else 'NOT met'})",
+    ))  # fmt: skip
+    return rows
+
+
+def print_table(rows: list[tuple[str, str, str]], args: argparse.Namespace) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    header = ("measure", "result", "ratio and goal")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    print(
+        f"\nAsyncGate benchmark: PostgreSQL, {args.workers} uvicorn worker(s), "
+        f"{args.connections} connections, {args.duration:g} s phases{' (quick)' if args.quick else ''}"
+    )
+    line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
+    print(line)
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print(line)
+    for row in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    print(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
