@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -65,10 +69,18 @@ class Emitters:
 
 
 class Lifespan:
-    def __init__(self, dialect: Dialect, settings: Settings, closers: list[Any]) -> None:
+    def __init__(
+        self,
+        dialect: Dialect,
+        settings: Settings,
+        closers: list[Any],
+        on_stop_signal: Callable[[], None],
+    ) -> None:
         self.dialect = dialect
         self.settings = settings
         self.closers = closers
+        self.on_stop_signal = on_stop_signal
+        self._chained: dict[int, Any] = {}
 
     async def process_startup(self, scope: dict, event: dict) -> None:
         await self.dialect.open()
@@ -76,8 +88,37 @@ class Lifespan:
             applied = await self.dialect.migrate()
             if applied:
                 log.info("migrations applied", extra={"applied": applied})
+        self._chain_stop_signals(asyncio.get_running_loop())
+
+    def _chain_stop_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hear SIGTERM/SIGINT beside the server's own handler (uvicorn's starts its drain).
+
+        The ASGI lifespan shutdown event comes only after every in-flight request has
+        finished, too late for a long-poll claim that would wait out its 20 s; so the signal
+        itself wakes them. The server's handler still runs first, unchanged.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+            if not callable(previous):
+                continue  # no server is handling it: nothing drains, nothing to wake
+
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                previous(signum, frame)
+                # Signal handlers may run mid-loop: hand the work to the loop, thread-safely.
+                with contextlib.suppress(RuntimeError):  # the loop has already closed
+                    loop.call_soon_threadsafe(self.on_stop_signal)
+
+            self._chained[sig] = (handler, previous)
+            signal.signal(sig, handler)
 
     async def process_shutdown(self, scope: dict, event: dict) -> None:
+        self.on_stop_signal()
+        for sig, (handler, previous) in self._chained.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, previous)
+        self._chained.clear()
         for close in self.closers:
             await close()
         await self.dialect.close()
@@ -112,7 +153,7 @@ def create_app(settings: Settings) -> falcon.asgi.App:
         middleware.append(RateLimitMiddleware(backend, settings, metrics, emitters.emit_one))
         closers.append(backend.close)
     middleware.append(RequireIdentityMiddleware())
-    middleware.append(Lifespan(dialect, settings, closers))
+    middleware.append(Lifespan(dialect, settings, closers, ledger.stop_waiting))
 
     app = falcon.asgi.App(middleware=middleware)
     app.req_options.auto_parse_qs_csv = False

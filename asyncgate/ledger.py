@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +43,9 @@ class Ledger:
         self.settings = settings
         self.metrics = metrics
         self.emit = emit
+        # Shutdown has begun: long-poll claims stop waiting, so the server can drain.
+        self._stopping = False
+        self._waiting: Counter[str] = Counter()
 
     async def _in_transaction(self, work: Callable[[Tx, datetime], Awaitable[Any]]) -> Any:
         unique = transient = 0
@@ -173,12 +177,26 @@ class Ledger:
             if anomalies:
                 await self.emit(anomalies, identity.tenant)
             remaining = deadline - time.monotonic()
-            if granted or remaining <= 0:
+            if granted or remaining <= 0 or self._stopping:
                 self.metrics.leases_granted.inc(len(granted))
                 return granted
             # Woken when tasks are created here; polling covers leases that expire meanwhile
             # and tasks created by other instances.
-            await self.dialect.wait_for_tasks(identity.tenant, min(remaining, 1.0))
+            self._waiting[identity.tenant] += 1
+            try:
+                await self.dialect.wait_for_tasks(identity.tenant, min(remaining, 1.0))
+            finally:
+                self._waiting[identity.tenant] -= 1
+                if not self._waiting[identity.tenant]:
+                    del self._waiting[identity.tenant]
+            if self._stopping:
+                return []
+
+    def stop_waiting(self) -> None:
+        """Shutdown has begun: answer every waiting long-poll claim now with ``[]``."""
+        self._stopping = True
+        for tenant in list(self._waiting):
+            self.dialect.tasks_created(tenant)
 
     async def _claim_once(
         self,
