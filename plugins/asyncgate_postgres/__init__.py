@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -186,8 +186,33 @@ class PostgresDialect:
                 time.monotonic() - self._probed_at < PROBE_INTERVAL or not await self._probe()
             ):
                 raise StorageUnavailable("PostgreSQL is unreachable")
-            async with self._pool.connection(timeout=timeout) as conn:
+            async with AsyncExitStack() as stack:
+                conn = await self._checkout(stack, timeout)
                 yield conn
+
+    async def _checkout(
+        self, stack: AsyncExitStack, timeout: float
+    ) -> psycopg.AsyncConnection[Row]:
+        """A pooled connection, waited for in slices with a probe between them.
+
+        When the server goes away, the pool's dead connections fail their check and the
+        pool waits on reconnects that cannot succeed: without a probe, a request would be
+        held for the whole timeout instead of answering 503 at once.
+        """
+        assert self._pool is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            wait = max(0.01, min(PROBE_INTERVAL, deadline - time.monotonic()))
+            try:
+                return await stack.enter_async_context(self._pool.connection(timeout=wait))
+            except PoolTimeout:
+                if time.monotonic() >= deadline:
+                    raise
+            # One probe a second at most, shared by every waiting request.
+            if time.monotonic() - self._probed_at >= PROBE_INTERVAL:
+                await self._probe()
+            if self._down:
+                raise StorageUnavailable("PostgreSQL is unreachable")
 
     @asynccontextmanager
     async def _mapped_errors(self) -> AsyncIterator[None]:
