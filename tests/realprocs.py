@@ -267,7 +267,9 @@ def query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
         import sqlite3
 
         with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=30)) as db:
-            return db.execute(sql.replace("%s", "?"), params).fetchall()
+            # The same statements serve both dialects: SQLite ids are text already.
+            sql = sql.replace("%s", "?").replace("::text", "")
+            return db.execute(sql, params).fetchall()
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:

@@ -8,6 +8,8 @@ lost, nothing is half-written, nothing hangs.
 
 from __future__ import annotations
 
+import random
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import Tenants
+from conftest import DIALECTS, Tenants, create_pg_database, drop_pg_database, pg_url
 from load import CLIENT_TIMEOUT, Load, Outcome
 from realprocs import AsyncGateServer, PrivateCluster, query, wait_for
 
@@ -178,3 +180,208 @@ def test_postgres_restart_under_load_answers_503_then_recovers_losing_nothing(
         " AND r.receipt_id = t.obligation_receipt_id AND r.type = 'task.assigned')",
     )
     assert orphans == []
+
+
+# AsyncGate killed with SIGKILL mid-write -----------------------------------------------
+
+
+@pytest.fixture(params=DIALECTS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'crash.db'}"
+        return
+    name = create_pg_database("asyncgate_crash")
+    yield pg_url(name)
+    drop_pg_database(name)
+
+
+class SQL:
+    """The few expressions the consistency checks need, in each dialect's words."""
+
+    def __init__(self, url: str) -> None:
+        self.pg = url.startswith("postgresql")
+
+    def names(self, parents: str, receipt_id: str) -> str:
+        if self.pg:
+            return f"{receipt_id} = ANY({parents})"
+        return f"EXISTS (SELECT 1 FROM json_each({parents}) WHERE value = {receipt_id})"
+
+    def field(self, column: str, key: str) -> str:
+        return f"{column}->>'{key}'" if self.pg else f"json_extract({column}, '$.{key}')"
+
+    def evidence(self, r: str) -> str:
+        if self.pg:
+            return (
+                f"(jsonb_array_length({r}.artifacts) > 0 OR ({r}.delivery_proof IS NOT NULL"
+                f" AND {r}.delivery_proof <> '{{}}'::jsonb))"
+            )
+        return (
+            f"(json_array_length({r}.artifacts) > 0 OR ({r}.delivery_proof IS NOT NULL"
+            f" AND {r}.delivery_proof <> '{{}}'))"
+        )
+
+    def terminates(self, r: str, t: str) -> str:
+        """Receipt ``r`` is a terminating receipt of task ``t`` that names its obligation."""
+        return (
+            f"{r}.tenant = {t}.tenant AND {r}.task_id = {t}.task_id"
+            f" AND {self.names(f'{r}.parent_receipt_ids', f'{t}.obligation_receipt_id')}"
+            f" AND ({r}.type IN ('task.failure', 'task.cancelled')"
+            f" OR ({r}.type = 'task.success' AND {self.evidence(r)}))"
+        )
+
+
+def consistency_violations(url: str) -> dict[str, list[tuple]]:
+    """Every half-written state the ledger must never be left in, as offending rows."""
+    sql = SQL(url)
+    checks = {
+        "task without exactly its obligation": (
+            "SELECT t.task_id FROM tasks t WHERE (SELECT count(*) FROM receipts r"
+            " WHERE r.tenant = t.tenant AND r.task_id = t.task_id AND r.type = 'task.assigned')"
+            " <> 1 OR NOT EXISTS (SELECT 1 FROM receipts r WHERE r.tenant = t.tenant"
+            " AND r.receipt_id = t.obligation_receipt_id AND r.task_id = t.task_id)"
+        ),
+        "receipt without its task": (
+            "SELECT r.receipt_id FROM receipts r WHERE NOT EXISTS (SELECT 1 FROM tasks t"
+            " WHERE t.tenant = r.tenant AND t.task_id = r.task_id)"
+        ),
+        "obligation closed without its terminating receipt": (
+            "SELECT t.task_id FROM tasks t WHERE NOT t.obligation_open AND NOT EXISTS"
+            f" (SELECT 1 FROM receipts r WHERE r.receipt_id = t.obligation_closed_by"
+            f" AND {sql.terminates('r', 't')})"
+        ),
+        "obligation open though a terminating receipt names it": (
+            "SELECT t.task_id FROM tasks t WHERE t.obligation_open AND EXISTS"
+            f" (SELECT 1 FROM receipts r WHERE {sql.terminates('r', 't')})"
+        ),
+        "terminal state without its receipt": (
+            "SELECT t.task_id, t.state FROM tasks t WHERE t.state IN ('COMPLETED', 'FAILED',"
+            " 'CANCELLED') AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.tenant = t.tenant"
+            " AND r.task_id = t.task_id AND r.type IN ('task.success', 'task.failure',"
+            " 'task.cancelled'))"
+        ),
+        "active task without its lease record": (
+            "SELECT t.task_id FROM tasks t WHERE t.state = 'ACTIVE' AND NOT EXISTS (SELECT 1"
+            " FROM leases l WHERE l.tenant = t.tenant AND l.lease_id = t.lease_id"
+            " AND l.generation = t.lease_generation)"
+        ),
+        "stripped success without its anomaly": (
+            "SELECT r.receipt_id FROM receipts r WHERE r.stripped_parent_receipt_ids IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM receipts a WHERE a.tenant = r.tenant"
+            " AND a.type = 'system.anomaly.locatability_missing'"
+            f" AND {sql.names('a.parent_receipt_ids', 'r.receipt_id')})"
+        ),
+        "partial task batch": (
+            f"SELECT {sql.field('payload', 'batch')}, count(*) FROM tasks"
+            f" WHERE {sql.field('payload', 'batch')} IS NOT NULL GROUP BY 1"
+            f" HAVING count(*) <> max(CAST({sql.field('payload', 'size')} AS INTEGER))"
+        ),
+        "partial receipt batch": (
+            f"SELECT {sql.field('body', 'batch')}, count(*) FROM receipts"
+            f" WHERE {sql.field('body', 'batch')} IS NOT NULL GROUP BY 1"
+            f" HAVING count(*) <> max(CAST({sql.field('body', 'size')} AS INTEGER))"
+        ),
+    }
+    found = {name: query(url, statement) for name, statement in checks.items()}
+    return {name: rows for name, rows in found.items() if rows}
+
+
+def storm_step(acked: Ledger):
+    """Four kinds of writers: single tasks, task batches, receipt batches, leased work."""
+
+    def step(load: Load, http: httpx.Client, worker: int, n: int) -> None:
+        role = worker % 4
+        if role == 0:
+            acked.created(load.call(http, "POST", "/v1/tasks", json={"type": "storm"}))
+        elif role == 1:
+            marker = uuid.uuid4().hex
+            specs = [{"type": "storm", "payload": {"batch": marker, "size": 20}}] * 20
+            acked.created(load.call(http, "POST", "/v1/tasks/batch", json={"tasks": specs}))
+        elif role == 2:
+            tasks = acked.created(
+                load.call(http, "POST", "/v1/tasks/batch", json={"tasks": [{"type": "rb"}] * 8})
+            )
+            if not tasks:
+                return
+            body = {"batch": uuid.uuid4().hex, "size": len(tasks) + 1}
+            receipts = [
+                {
+                    "type": "task.success" if i % 2 else "task.failure",
+                    "task_id": task["task_id"],
+                    "parent_receipt_ids": [task["obligation_receipt_id"]],
+                    "artifacts": [{"uri": f"s3://b/{i}"}] if i % 2 else [],
+                    "body": body,
+                }
+                for i, task in enumerate(tasks)
+            ]
+            # A success without evidence: stripped, with its anomaly in the same transaction.
+            receipts.append(
+                {
+                    "type": "task.success",
+                    "task_id": tasks[0]["task_id"],
+                    "parent_receipt_ids": [tasks[0]["obligation_receipt_id"]],
+                    "body": body,
+                }
+            )
+            acked.written(
+                load.call(http, "POST", "/v1/receipts/batch", json={"receipts": receipts})
+            )
+        else:
+            acked.created(load.call(http, "POST", "/v1/tasks", json={"type": f"leased{worker}"}))
+            claim = load.call(
+                http,
+                "POST",
+                "/v1/leases",
+                json={"worker": "worker:w", "types": [f"leased{worker}"]},
+            )
+            if claim.status != 200 or not orjson.loads(claim.body):
+                return
+            grant = orjson.loads(claim.body)[0]
+            common = {"task_id": grant["task"]["task_id"], "lease_id": grant["lease_id"]}
+            acked.written(
+                load.call(http, "POST", "/v1/receipts", json={"type": "task.started", **common})
+            )
+            final = {
+                "type": "task.failure",
+                "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
+                **common,
+            }
+            acked.written(load.call(http, "POST", "/v1/receipts", json=final))
+
+    return step
+
+
+def test_sigkill_mid_write_storm_leaves_nothing_half_written(
+    store: str, tenants: Tenants, tmp_path: Path
+) -> None:
+    env = server_env(store, tenants)
+    acked = Ledger()
+    server = AsyncGateServer(env, tmp_path / "uvicorn.log")
+    with server:
+        load = Load(server.url, tenants.keys["a"], storm_step(acked), threads=8).start()
+        try:
+            wait_for(lambda: len(acked.receipts) > 40, 20, "the write storm did not get going")
+            time.sleep(random.uniform(0.2, 0.8))
+            server.signal(signal.SIGKILL)
+            server.wait(10)
+            killed = time.monotonic()
+        finally:
+            load.stop()
+    # Answers before the kill are 2xx; afterwards the connection drops (no answer at all).
+    answered = [o for o in load.outcomes if o.status is not None]
+    assert_only(answered, {200, 201})
+    assert all(o.ended >= killed - 1 for o in load.outcomes if o.status is None)
+
+    # The service starts again on the same database (SQLite replays its WAL) and writes.
+    with AsyncGateServer(env, tmp_path / "restart.log") as again:
+        health = httpx.get(f"{again.url}/v1/health", timeout=CLIENT_TIMEOUT)
+        assert health.status_code == 200, health.text
+        auth = {"Authorization": f"Bearer {tenants.keys['a']}"}
+        write = httpx.post(f"{again.url}/v1/tasks", json={"type": "after"}, headers=auth)
+        assert write.status_code == 201, write.text
+
+    assert_every_acknowledged_write_is_stored(store, acked)
+    assert consistency_violations(store) == {}
+    batches = query(
+        store, f"SELECT count(DISTINCT {SQL(store).field('payload', 'batch')}) FROM tasks"
+    )
+    assert batches[0][0] > 0, "no task batch was committed: the storm proved nothing"
