@@ -23,7 +23,10 @@ def _settings(require_keys: bool) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    settings = _settings(require_keys=True)  # refuse before starting, with a one-line reason
+    from asyncgate.app import create_app
+
+    settings = _settings(require_keys=True)
+    create_app(settings)  # every plugin choice is checked here, before anything listens
     print(
         f"asyncgate {__version__}: serving http://{args.host}:{args.port}/v1 "
         f"on {settings.database_url} (Ctrl-C to stop)",
