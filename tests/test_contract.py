@@ -45,11 +45,6 @@ def contract_config(key: str) -> schemathesis.Config:
                 "max-examples": 15,
                 "deterministic": True,
                 "no-shrink": True,
-                # \u0000 is refused (422 nul_character, see openapi.yaml info): PostgreSQL cannot
-                # store it in text or jsonb. The schemas say so for every string a client names;
-                # free-form objects (payload, body, delivery_proof) cannot express it in
-                # JSON Schema, so positive data must not draw it there.
-                "allow-x00": False,
             },
             "phases": {
                 "examples": {"fill-missing": True},
