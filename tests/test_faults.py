@@ -20,7 +20,7 @@ import orjson
 import pytest
 from conftest import DIALECTS, Tenants, create_pg_database, drop_pg_database, pg_url
 from load import CLIENT_TIMEOUT, Load, Outcome
-from realprocs import AsyncGateServer, PrivateCluster, query, wait_for
+from realprocs import AsyncGateServer, PrivateCluster, PrivateRedis, query, wait_for
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -385,3 +385,79 @@ def test_sigkill_mid_write_storm_leaves_nothing_half_written(
         store, f"SELECT count(DISTINCT {SQL(store).field('payload', 'batch')}) FROM tasks"
     )
     assert batches[0][0] > 0, "no task batch was committed: the storm proved nothing"
+
+
+# The rate limiter's Redis lost under load ------------------------------------------------
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def reader_step(load: Load, http: httpx.Client, worker: int, n: int) -> None:
+    load.call(http, "GET", "/v1/tasks", params={"limit": "1"})
+    time.sleep(0.01)
+
+
+@pytest.mark.parametrize("fault", ["killed", "frozen"])
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_redis_loss_fails_open_or_closed_without_hanging_and_recovers(
+    mode: str, fault: str, private_redis: PrivateRedis, tenants: Tenants, tmp_path: Path
+) -> None:
+    redis_server = private_redis
+    env = server_env(
+        f"sqlite:///{tmp_path / 'rl.db'}",
+        tenants,
+        RATE_LIMIT_ACTIVE="true",
+        RATE_LIMIT_BACKEND="redis",
+        RATE_LIMIT_REDIS_URL=redis_server.url,
+        RATE_LIMIT_DEFAULT_CALLS="1000000",
+        RATE_LIMIT_FAILURE_MODE=mode,
+    )
+    with AsyncGateServer(env, tmp_path / "uvicorn.log") as server:
+        load = Load(server.url, tenants.keys["a"], reader_step, threads=3).start()
+        try:
+            time.sleep(1.0)
+            failed = time.monotonic()
+            # Killed: connections are refused. Frozen (SIGSTOP): they are accepted and never
+            # answered, the case where only a timeout stands between a request and a hang.
+            redis_server.kill() if fault == "killed" else redis_server.freeze()
+            time.sleep(2.5)
+            health = httpx.get(f"{server.url}/v1/health", timeout=CLIENT_TIMEOUT)
+            restored = time.monotonic()
+            redis_server.start() if fault == "killed" else redis_server.thaw()
+            recovered_after = wait_for(
+                lambda: any(o.rate_limited_headers for o in load.after(restored)),
+                10,
+                "the rate limiter did not use Redis again after it came back",
+            )
+            time.sleep(1.5)
+        finally:
+            load.stop()
+
+    outcomes = load.outcomes
+    assert_only(outcomes, {200, 503} if mode == "closed" else {200})
+    slowest = max(o.seconds for o in outcomes)
+    assert slowest < 1.5, f"a request took {slowest:.2f}s while Redis was {fault}"
+    before = load.between(0, failed)
+    assert before and all(o.status == 200 and o.rate_limited_headers for o in before)
+    # A request already in Redis's hands when it failed may still get through, in either mode.
+    down = load.between(failed + 0.5, restored)
+    assert len(down) > 10
+    if mode == "open":
+        assert {o.status for o in down} == {200}, describe(down)
+    else:
+        assert {o.status for o in down} == {503}, describe(down)
+        for outcome in down:
+            assert outcome.retry_after and outcome.retry_after.isdigit()
+            assert outcome.content_type == PROBLEM_JSON
+            assert orjson.loads(outcome.body)["code"] == "rate_limit_unavailable"
+    assert health.status_code == 200, "health is exempt from the limiter, and storage is fine"
+    assert recovered_after < 5
+    settled = load.after(restored + recovered_after + 0.5)
+    assert settled and all(o.status == 200 and o.rate_limited_headers for o in settled)

@@ -85,6 +85,9 @@ class RedisBackend:
             tat, now = await self._script(keys=[self._prefix + key], args=args)
         except (redis.RedisError, OSError) as exc:
             self._down_until = time.monotonic() + COOLDOWN_SECONDS
+            # The server may have gone: idle pooled connections to it are stale, and each
+            # would fail once (and restart the cooldown) after it returns. Drop them now.
+            await self._client.connection_pool.disconnect(inuse_connections=False)
             raise RateLimitStoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         verdict, _ = gcra(float(tat), float(now), limit, window_seconds)
         return verdict
