@@ -137,8 +137,14 @@ LIMIT %(limit)s;
 -- open_obligations --
 -- Open obligations, oldest first, read through the partial index of open tasks only
 -- (LIMIT NULL is no limit: the streamed dump).
+-- The LATERAL ... LIMIT 1 keeps each receipt a primary-key probe per open task: a hash join
+-- would read the tenant's whole ledger, so the cost would follow the ledger, not what is open.
 SELECT r.* FROM tasks t
-JOIN receipts r ON r.tenant = t.tenant AND r.receipt_id = t.obligation_receipt_id
+CROSS JOIN LATERAL (
+    SELECT * FROM receipts
+    WHERE receipts.tenant = t.tenant AND receipts.receipt_id = t.obligation_receipt_id
+    LIMIT 1
+) r
 WHERE t.tenant = %(tenant)s AND t.obligation_open
   AND (%(after_created_at)s::timestamptz IS NULL
        OR (t.created_at, t.task_id) > (%(after_created_at)s::timestamptz, %(after_id)s::uuid))
