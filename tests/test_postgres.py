@@ -202,6 +202,42 @@ async def test_two_instances_lease_every_task_exactly_once_under_concurrent_clai
 
 
 @pytest.mark.anyio
+async def test_racing_retries_on_two_instances_write_once_and_replay(
+    pg_database: str, tenants: Tenants
+) -> None:
+    headers = auth(tenants)
+    async with instances(2, pg_database, tenants) as apps:
+        body = {"type": "charge", "idempotency_key": f"order-{uuid.uuid4()}", "payload": {"n": 1}}
+        created = await asyncio.gather(
+            *(apps[n % 2].simulate_post("/v1/tasks", headers=headers, json=body) for n in range(12))
+        )
+        assert sorted(result.status_code for result in created) == [200] * 11 + [201]
+        assert len({result.json["task_id"] for result in created}) == 1
+        task = created[0].json
+
+        receipt = {
+            "type": "task.failure",
+            "task_id": task["task_id"],
+            "receipt_id": str(uuid.uuid4()),
+            "parent_receipt_ids": [task["obligation_receipt_id"]],
+        }
+        written = await asyncio.gather(
+            *(
+                apps[n % 2].simulate_post("/v1/receipts", headers=headers, json=receipt)
+                for n in range(12)
+            )
+        )
+        assert sorted(result.status_code for result in written) == [200] * 11 + [201]
+        assert {tuple(result.json["terminated"]) for result in written} == {
+            (task["obligation_receipt_id"],)
+        }
+        ledger = await apps[0].simulate_get(
+            "/v1/receipts", headers=headers, params={"task_id": task["task_id"]}
+        )
+        assert [r["type"] for r in ledger.json] == ["task.assigned", "task.failure"]
+
+
+@pytest.mark.anyio
 async def test_crossed_receipt_batches_on_two_instances_both_commit(
     pg_database: str, tenants: Tenants
 ) -> None:
