@@ -6,7 +6,7 @@ Each function runs inside the caller's transaction; nothing here commits.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -104,6 +104,47 @@ async def replay(
     )
 
 
+def on_hot_path(spec: dict[str, Any]) -> bool:
+    """Receipts that terminate nothing and need the current lease: started and progress."""
+    rule = termination.rule_for(spec["type"])
+    return (
+        rule is not None
+        and rule.client_may_write
+        and rule.requires_lease
+        and rule.terminates is termination.Terminates.NEVER
+        and bool(spec.get("lease_id"))
+    )
+
+
+async def append_under_lease(
+    tx: Tx, identity: Identity, spec: dict[str, Any], now: datetime
+) -> ReceiptResult | None:
+    """Write a hot-path receipt (see ``on_hot_path``) in one statement.
+
+    The statement writes only if the lease is the task's current unexpired one, every parent
+    exists and the receipt_id is new. ``None`` means some condition failed: the caller then
+    runs ``write``, which finds out which and answers accordingly.
+    """
+    check_request(spec)
+    row = await tx.one(
+        "append_leased_receipt",
+        tenant=identity.tenant,
+        receipt_id=spec.get("receipt_id") or new_id(),
+        type=spec["type"],
+        task_id=spec["task_id"],
+        from_principal=identity.principal,
+        lease_id=spec["lease_id"],
+        parent_receipt_ids=spec["parent_receipt_ids"],
+        body=spec["body"],
+        artifacts=spec["artifacts"],
+        delivery_proof=spec.get("delivery_proof"),
+        content_hash=fingerprint(content_of(spec)),
+        created_at=now,
+        now=now,
+    )
+    return None if row is None else ReceiptResult(receipt_view(row), [])
+
+
 async def write(
     tx: Tx, identity: Identity, spec: dict[str, Any], now: datetime, prefix: str = ""
 ) -> ReceiptResult:
@@ -180,7 +221,8 @@ async def write(
                     "reason": "task.success carried no artifacts and no delivery_proof",
                     "stripped_parent_receipt_ids": decision.stripped_parent_receipt_ids,
                 },
-                now,
+                # A microsecond after its cause, so the ledger's (created_at, id) order is causal.
+                now + timedelta(microseconds=1),
             )
         )
     await tx.many("insert_receipt", rows)

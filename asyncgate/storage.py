@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, suppress
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -83,6 +83,10 @@ class Dialect(Protocol):
         """A read-write transaction, committed on clean exit and rolled back on error."""
         ...
 
+    def autocommit(self) -> AbstractAsyncContextManager[Tx]:
+        """Each statement commits on its own: for writes that are one statement."""
+        ...
+
     def snapshot(self) -> AbstractAsyncContextManager[Tx]:
         """A read-only transaction."""
         ...
@@ -132,10 +136,8 @@ class TaskSignal:
 
     async def wait(self, tenant: str, timeout: float) -> None:
         event = self._events.setdefault(tenant, asyncio.Event())
-        try:
+        with suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
 
     def notify(self, tenant: str) -> None:
         event = self._events.pop(tenant, None)

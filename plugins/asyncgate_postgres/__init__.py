@@ -268,6 +268,12 @@ class PostgresDialect:
             yield PostgresTx(conn)
 
     @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[PostgresTx]:
+        # Pooled connections are in autocommit mode: each statement is its own transaction.
+        async with self._connection() as conn:
+            yield PostgresTx(conn)
+
+    @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[PostgresTx]:
         async with self._connection() as conn, conn.transaction():
             # One consistent snapshot for the cursor lookup and the page it anchors.

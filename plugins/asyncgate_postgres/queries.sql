@@ -99,6 +99,29 @@ VALUES (%(tenant)s, %(receipt_id)s::uuid, %(type)s, %(task_id)s::uuid, %(from_pr
         %(stripped_parent_receipt_ids)s::uuid[], %(body)s::jsonb, %(artifacts)s::jsonb,
         %(delivery_proof)s::jsonb, %(content_hash)s, %(created_at)s);
 
+-- append_leased_receipt --
+-- Write a receipt only under the task's current unexpired lease, with every parent present.
+-- FOR SHARE: concurrent reports on one task do not wait for each other, but a terminal
+-- receipt (which locks the task FOR UPDATE) is waited for and then re-checked.
+WITH task AS (
+    SELECT task_id, principal FROM tasks
+    WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid AND lease_id = %(lease_id)s::uuid
+      AND state = 'ACTIVE' AND lease_expires_at > %(now)s
+    FOR SHARE
+)
+INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
+                      parent_receipt_ids, stripped_parent_receipt_ids, body, artifacts,
+                      delivery_proof, content_hash, created_at)
+SELECT %(tenant)s, %(receipt_id)s::uuid, %(type)s, task.task_id, %(from_principal)s, task.principal,
+       %(lease_id)s::uuid, %(parent_receipt_ids)s::uuid[], NULL, %(body)s::jsonb,
+       %(artifacts)s::jsonb, %(delivery_proof)s::jsonb, %(content_hash)s, %(created_at)s
+FROM task
+WHERE cardinality(%(parent_receipt_ids)s::uuid[]) = (
+    SELECT count(*) FROM receipts p
+    WHERE p.tenant = %(tenant)s AND p.receipt_id = ANY(%(parent_receipt_ids)s::uuid[]))
+ON CONFLICT DO NOTHING
+RETURNING *;
+
 -- get_receipt --
 -- One receipt of a tenant.
 SELECT * FROM receipts WHERE tenant = %(tenant)s AND receipt_id = %(receipt_id)s::uuid;

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -203,6 +203,10 @@ class SQLiteDialect:
                 raise
             async with _mapped_errors():
                 await conn.execute("COMMIT")
+
+    def autocommit(self) -> AbstractAsyncContextManager[SQLiteTx]:
+        # SQLite's transactions cost no round trip: one statement gets the same write lock.
+        return self.transaction()
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[SQLiteTx]:

@@ -89,6 +89,23 @@ VALUES (:tenant, :receipt_id, :type, :task_id, :from_principal, :to_principal, :
         :parent_receipt_ids, :stripped_parent_receipt_ids, :body, :artifacts,
         :delivery_proof, :content_hash, :created_at);
 
+-- append_leased_receipt --
+-- Write a receipt only under the task's current unexpired lease, with every parent present.
+INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
+                      parent_receipt_ids, stripped_parent_receipt_ids, body, artifacts,
+                      delivery_proof, content_hash, created_at)
+SELECT :tenant, :receipt_id, :type, t.task_id, :from_principal, t.principal, :lease_id,
+       :parent_receipt_ids, NULL, :body, :artifacts, :delivery_proof, :content_hash, :created_at
+FROM tasks t
+WHERE t.tenant = :tenant AND t.task_id = :task_id AND t.lease_id = :lease_id
+  AND t.state = 'ACTIVE' AND t.lease_expires_at > :now
+  AND json_array_length(:parent_receipt_ids) = (
+      SELECT count(*) FROM receipts p
+      WHERE p.tenant = :tenant
+        AND p.receipt_id IN (SELECT value FROM json_each(:parent_receipt_ids)))
+ON CONFLICT DO NOTHING
+RETURNING *;
+
 -- get_receipt --
 -- One receipt of a tenant.
 SELECT * FROM receipts WHERE tenant = :tenant AND receipt_id = :receipt_id;
