@@ -18,7 +18,12 @@ import orjson
 from asyncgate import plugins
 from asyncgate.auth import AuthMiddleware, KeyRing, RequireIdentityMiddleware
 from asyncgate.contract import bundled_yaml
-from asyncgate.errors import handle_storage_unavailable, handle_unexpected, serialize_problem
+from asyncgate.errors import (
+    Problem,
+    handle_storage_unavailable,
+    handle_unexpected,
+    serialize_problem,
+)
 from asyncgate.ledger import Ledger
 from asyncgate.metrics import Metrics
 from asyncgate.ratelimit import RateLimitMiddleware
@@ -31,6 +36,7 @@ from asyncgate.settings import Settings
 from asyncgate.storage import Dialect, StorageUnavailable
 
 log = logging.getLogger("asyncgate")
+MAX_HEADER_BYTES = 16 * 1024
 
 
 class Emitters:
@@ -124,6 +130,20 @@ class Lifespan:
         await self.dialect.close()
 
 
+class HeaderLimitMiddleware:
+    """Refuses oversized request headers with 431, whichever HTTP parser uvicorn picked:
+    h11 stops at 16 KiB by itself, but httptools (its default when installed) has no limit."""
+
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        size = sum(len(name) + len(value) for name, value in req.scope["headers"])
+        if size > MAX_HEADER_BYTES:
+            raise Problem(
+                431,
+                "headers_too_large",
+                f"the request headers are over the limit of {MAX_HEADER_BYTES} bytes",
+            )
+
+
 class MetricsMiddleware:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -147,7 +167,11 @@ def create_app(settings: Settings) -> falcon.asgi.App:
     ledger = Ledger(dialect, settings, metrics, emitters.emit)
     closers: list[Any] = [emitters.drain]
 
-    middleware: list[Any] = [MetricsMiddleware(metrics), AuthMiddleware(KeyRing(settings))]
+    middleware: list[Any] = [
+        MetricsMiddleware(metrics),
+        HeaderLimitMiddleware(),
+        AuthMiddleware(KeyRing(settings)),
+    ]
     if settings.rate_limit_active:
         backend = plugins.rate_limiter_for(settings)
         middleware.append(RateLimitMiddleware(backend, settings, metrics, emitters.emit_one))
