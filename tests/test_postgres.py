@@ -380,6 +380,14 @@ async def test_the_pool_recovers_when_the_server_drops_its_connections(
                 [name],
             )
             assert (await cursor.fetchone())[0] >= 1
+            # pg_terminate_backend only signals: wait until the backends are really gone.
+            for _ in range(100):
+                cursor = await admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [name]
+                )
+                if (await cursor.fetchone())[0] == 0:
+                    break
+                await asyncio.sleep(0.05)
         read = await app.simulate_get(f"/v1/tasks/{task['task_id']}", headers=headers)
         assert read.status_code == 200, read.text
         write = await app.simulate_post("/v1/tasks", headers=headers, json={"type": "x"})
