@@ -7,7 +7,9 @@ receipts lock their task row, and transactions run at READ COMMITTED.
 from __future__ import annotations
 
 import logging
+import select
 import time
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -90,6 +92,29 @@ def _is_down(exc: BaseException) -> bool:
     return sqlstate is None or sqlstate.startswith(_DOWN_STATES)
 
 
+# When each pooled connection last went back to the pool.
+_returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+    weakref.WeakKeyDictionary()
+)
+IDLE_CHECK_AFTER = 1.0
+
+
+async def _note_return(conn: psycopg.AsyncConnection[Any]) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+async def _check_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Check with a round trip only a connection that may be dead.
+
+    An idle connection has nothing to read unless the server closed it (a restart sends a
+    FATAL notice, then EOF), which select() sees at no cost; one idle for a while may have
+    died silently, so it gets the real check.
+    """
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable or time.monotonic() - _returned_at.get(conn, 0.0) > IDLE_CHECK_AFTER:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 class PostgresTx:
     def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
         self.conn = conn
@@ -102,9 +127,9 @@ class PostgresTx:
         cursor = await self.conn.execute(QUERIES[query], to_db(params))
         return await cursor.fetchall()
 
-    async def run(self, query: str, **params: Any) -> int:
-        cursor = await self.conn.execute(QUERIES[query], to_db(params))
-        return cursor.rowcount
+    async def run(self, query: str, **params: Any) -> None:
+        # Not waited for: in pipeline mode it is confirmed with the next read or the commit.
+        await self.conn.execute(QUERIES[query], to_db(params))
 
     async def many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
@@ -145,9 +170,11 @@ class PostgresDialect:
             max_size=self.max_size,
             kwargs={"autocommit": True, "row_factory": dict_row},
             configure=self._configure,
-            # A connection is checked as it leaves the pool: after a server restart the dead
-            # ones are discarded and replaced instead of failing one request each.
-            check=AsyncConnectionPool.check_connection,
+            # A connection idle for a while is checked as it leaves the pool: after a server
+            # restart the dead ones are discarded and replaced instead of failing one request
+            # each. A busy pool's connections skip the check, which costs a round trip.
+            check=_check_if_idle,
+            reset=_note_return,
             timeout=POOL_TIMEOUT,
             name="asyncgate",
             open=False,
@@ -264,7 +291,9 @@ class PostgresDialect:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTx]:
-        async with self._connection() as conn, conn.transaction():
+        # Pipeline mode: BEGIN travels with the first read, and every write after the last
+        # read travels with COMMIT, so a transaction costs (reads + 1) round trips.
+        async with self._connection() as conn, conn.pipeline(), conn.transaction():
             yield PostgresTx(conn)
 
     @asynccontextmanager
@@ -275,7 +304,7 @@ class PostgresDialect:
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[PostgresTx]:
-        async with self._connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.pipeline(), conn.transaction():
             # One consistent snapshot for the cursor lookup and the page it anchors.
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield PostgresTx(conn)

@@ -83,9 +83,9 @@ class SQLiteTx:
             rows = await cursor.fetchall()
         return [from_db(row) for row in rows]
 
-    async def run(self, query: str, **params: Any) -> int:
-        async with _mapped_errors(), self.conn.execute(QUERIES[query], to_db(params)) as cursor:
-            return cursor.rowcount
+    async def run(self, query: str, **params: Any) -> None:
+        async with _mapped_errors():
+            await self.conn.execute(QUERIES[query], to_db(params))
 
     async def many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
