@@ -115,6 +115,8 @@ class Ledger:
                 results.append((task, True))
             await tx.many("insert_task", new_tasks)
             await tx.many("insert_receipt", [_obligation_row(task) for task in new_tasks])
+            if new_tasks:
+                await tx.run("notify_tasks", tenant=identity.tenant)
             return [
                 (task_view({**task, **_new_task_state(now)} if created else task, now), created)
                 for task, created in results
@@ -305,6 +307,7 @@ class Ledger:
             params = {"tenant": identity.tenant, "lease_id": lease_id, "now": now}
             await tx.run("release_lease", task_id=lease["task_id"], **params)
             await tx.run("end_lease_record", **params)
+            await tx.run("notify_tasks", tenant=identity.tenant)
 
         await self._in_transaction(work)
         self.dialect.tasks_created(identity.tenant)

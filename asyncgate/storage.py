@@ -131,15 +131,27 @@ def migration_files(directory: Path) -> list[tuple[int, str, str]]:
 
 
 class TaskSignal:
-    """In-process wake-up for long-poll claims: one event per tenant, set when tasks appear."""
+    """In-process wake-up for long-poll claims: one event per tenant, set when tasks appear.
+
+    An event lives only while someone waits on it, so none outlives its event loop.
+    """
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, int] = {}
 
     async def wait(self, tenant: str, timeout: float) -> None:
         event = self._events.setdefault(tenant, asyncio.Event())
-        with suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+        self._waiters[tenant] = self._waiters.get(tenant, 0) + 1
+        try:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            self._waiters[tenant] -= 1
+            if not self._waiters[tenant]:
+                del self._waiters[tenant]
+                if self._events.get(tenant) is event:
+                    del self._events[tenant]
 
     def notify(self, tenant: str) -> None:
         event = self._events.pop(tenant, None)

@@ -36,6 +36,7 @@ from asyncgate.storage import (
     load_queries,
     migration_files,
 )
+from asyncgate_postgres.listener import Listener
 
 QUERIES = load_queries(Path(__file__).with_name("queries.sql"))
 MIGRATIONS = PROJECT_ROOT / "migrations" / "postgres"
@@ -146,6 +147,7 @@ class PostgresDialect:
         self.max_size = max_size
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] | None = None
         self._signal = TaskSignal()
+        self._listener = Listener(conninfo, self._signal)
         # Set when the server is seen down; cleared by the first probe that connects.
         self._down = False
         self._probed_at = 0.0
@@ -186,6 +188,7 @@ class PostgresDialect:
             log.warning("PostgreSQL is unreachable; answering 503 until it is back")
 
     async def close(self) -> None:
+        await self._listener.stop()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -321,6 +324,8 @@ class PostgresDialect:
                     yield row
 
     async def wait_for_tasks(self, tenant: str, timeout: float) -> None:
+        # Other instances announce new tasks by NOTIFY (see queries.sql, notify_tasks).
+        self._listener.start()
         await self._signal.wait(tenant, timeout)
 
     def tasks_created(self, tenant: str) -> None:

@@ -219,3 +219,7 @@ WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid
 -- count_tasks --
 -- Used by /v1/health to prove the database answers.
 SELECT 1 AS ok;
+
+-- notify_tasks --
+-- A hint, delivered at commit, that the tenant may have claimable tasks (see listener.py).
+SELECT pg_notify('asyncgate_tasks', %(tenant)s);

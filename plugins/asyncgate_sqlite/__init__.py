@@ -34,6 +34,7 @@ from asyncgate.storage import (
 QUERIES = load_queries(Path(__file__).with_name("queries.sql"))
 MIGRATIONS = PROJECT_ROOT / "migrations" / "sqlite"
 SCHEMES = ("sqlite",)
+_SIGNALS: dict[str, TaskSignal] = {}
 
 
 def format_time(value: datetime) -> str:
@@ -117,7 +118,8 @@ class SQLiteDialect:
         self._write_lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
-        self._signal = TaskSignal()
+        # Shared by every dialect on this file in this process (other processes are polled).
+        self._signal = _SIGNALS.setdefault(str(Path(path).resolve()), TaskSignal())
 
     async def _connect(self) -> aiosqlite.Connection:
         if self.path != ":memory:":

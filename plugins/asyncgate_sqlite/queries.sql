@@ -190,3 +190,7 @@ WHERE tenant = :tenant AND task_id = :task_id AND obligation_open = 0 AND update
 -- count_tasks --
 -- Used by /v1/health to prove the database answers.
 SELECT 1 AS ok;
+
+-- notify_tasks --
+-- Nothing to send: waiting claims share this process and are woken by tasks_created().
+SELECT :tenant AS tenant;
