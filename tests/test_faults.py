@@ -443,7 +443,8 @@ def test_redis_loss_fails_open_or_closed_without_hanging_and_recovers(
     outcomes = load.outcomes
     assert_only(outcomes, {200, 503} if mode == "closed" else {200})
     slowest = max(o.seconds for o in outcomes)
-    assert slowest < 1.5, f"a request took {slowest:.2f}s while Redis was {fault}"
+    # One Redis timeout (0.25 s) at most, with room for a loaded machine.
+    assert slowest < 2.0, f"a request took {slowest:.2f}s while Redis was {fault}"
     before = load.between(0, failed)
     assert before and all(o.status == 200 and o.rate_limited_headers for o in before)
     # A request already in Redis's hands when it failed may still get through, in either mode.
