@@ -158,7 +158,8 @@ async def write(
         if existing is not None:
             return await replay(tx, tenant, existing, content_hash, prefix)
 
-    task = await tx.one("lock_task", tenant=tenant, task_id=spec["task_id"])
+    parent_ids = spec["parent_receipt_ids"]
+    task = await tx.one("lock_task", tenant=tenant, task_id=spec["task_id"], ids=parent_ids)
     if task is None:
         raise not_found(f"task {spec['task_id']}", f"{prefix}task_id")
     if rule.requires_lease and task["state"] in termination.TERMINAL_STATES:
@@ -171,10 +172,8 @@ async def write(
     if lease_id:
         await _fence(tx, tenant, task, lease_id, now, prefix)
 
-    parent_ids = spec["parent_receipt_ids"]
     if parent_ids:
-        found = await tx.all("find_receipts", tenant=tenant, ids=parent_ids)
-        missing = set(parent_ids) - {row["receipt_id"] for row in found}
+        missing = set(parent_ids) - set(task["found_parent_ids"])
         if missing:
             raise invalid(
                 f"{prefix}parent_receipt_ids",

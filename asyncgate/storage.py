@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 JSON_COLUMNS = frozenset({"payload", "body", "artifacts", "delivery_proof"})
-ID_LIST_COLUMNS = frozenset({"parent_receipt_ids", "stripped_parent_receipt_ids", "ids", "types"})
+ID_LIST_COLUMNS = frozenset(
+    {"parent_receipt_ids", "stripped_parent_receipt_ids", "found_parent_ids", "ids", "types"}
+)
 TIME_COLUMNS = frozenset(
     {
         "created_at",

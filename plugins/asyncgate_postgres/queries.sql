@@ -17,7 +17,12 @@ SELECT * FROM tasks WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid;
 
 -- lock_task --
 -- One task, locked until the transaction ends: receipts on one task are written one at a time.
-SELECT * FROM tasks WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid FOR UPDATE;
+-- It also answers which of the receipt's parents exist in the tenant, saving a round trip.
+SELECT t.*,
+       ARRAY(SELECT p.receipt_id FROM receipts p
+             WHERE p.tenant = %(tenant)s AND p.receipt_id = ANY(%(ids)s::uuid[])) AS found_parent_ids
+FROM tasks t WHERE t.tenant = %(tenant)s AND t.task_id = %(task_id)s::uuid
+FOR UPDATE OF t;
 
 -- list_tasks --
 -- A page of tasks in (created_at, task_id) order; state is the lazily evaluated state.
@@ -125,11 +130,6 @@ RETURNING *;
 -- get_receipt --
 -- One receipt of a tenant.
 SELECT * FROM receipts WHERE tenant = %(tenant)s AND receipt_id = %(receipt_id)s::uuid;
-
--- find_receipts --
--- Which of the given ids exist in the tenant, with their type and task.
-SELECT receipt_id, type, task_id FROM receipts
-WHERE tenant = %(tenant)s AND receipt_id = ANY(%(ids)s::uuid[]);
 
 -- update_task_after_receipt --
 -- Apply a receipt's effect: new state, lease ended or kept, obligation closed or not.

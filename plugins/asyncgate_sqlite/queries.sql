@@ -16,8 +16,13 @@ SELECT * FROM tasks WHERE tenant = :tenant AND idempotency_key = :idempotency_ke
 SELECT * FROM tasks WHERE tenant = :tenant AND task_id = :task_id;
 
 -- lock_task --
--- One task, locked for the rest of the transaction (SQLite: the write lock is already held).
-SELECT * FROM tasks WHERE tenant = :tenant AND task_id = :task_id;
+-- One task, locked for the rest of the transaction (SQLite: the write lock is already held),
+-- with which of the receipt's parents exist in the tenant.
+SELECT t.*,
+       (SELECT json_group_array(p.receipt_id) FROM receipts p
+        WHERE p.tenant = :tenant
+          AND p.receipt_id IN (SELECT value FROM json_each(:ids))) AS found_parent_ids
+FROM tasks t WHERE t.tenant = :tenant AND t.task_id = :task_id;
 
 -- list_tasks --
 -- A page of tasks in (created_at, task_id) order; state is the lazily evaluated state.
@@ -109,11 +114,6 @@ RETURNING *;
 -- get_receipt --
 -- One receipt of a tenant.
 SELECT * FROM receipts WHERE tenant = :tenant AND receipt_id = :receipt_id;
-
--- find_receipts --
--- Which of the given ids exist in the tenant, with their type and task.
-SELECT receipt_id, type, task_id FROM receipts
-WHERE tenant = :tenant AND receipt_id IN (SELECT value FROM json_each(:ids));
 
 -- update_task_after_receipt --
 -- Apply a receipt's effect: new state, lease ended or kept, obligation closed or not.
