@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,12 @@ from asyncgate.errors import Problem, bad_request, invalid
 
 SCHEMA_DIR = PROJECT_ROOT / "schema"
 JSON_TYPE = re.compile(r"^application/(?:[a-z0-9.+-]+\+)?json$")
+# RFC 3339 date-time, split so that seconds (a leap second is :60) are added after parsing.
+RFC3339 = re.compile(
+    r"(?P<minute>\d{4}-\d\d-\d\d[Tt]\d\d:\d\d):(?P<second>[0-5]\d|60)"
+    r"(?P<fraction>\.\d+)?(?P<offset>[Zz]|[+-]\d\d:\d\d)",
+    re.ASCII,
+)
 # orjson parses 1024 levels but serialises only 254, and the recursive checks and schemas
 # need Python's stack: deeper input would be accepted, then fail as a 500. No real task
 # payload comes near this.
@@ -195,10 +201,19 @@ def time_param(req: falcon.Request, name: str) -> datetime | None:
     raw = _single(req, name)
     if raw is None:
         return None
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None or "T" not in raw.upper():
+    # fromisoformat alone also takes ISO 8601 forms RFC 3339 excludes (no seconds, week dates).
+    match = RFC3339.fullmatch(raw)
+    value = None
+    if match:
+        minute = f"{match['minute']}:00{match['fraction'] or ''}{match['offset']}"
+        try:
+            value = datetime.fromisoformat(minute.upper())
+        except ValueError:
+            value = None
+    if match is None or value is None:
         raise invalid(name, f"query parameter {name} must be an RFC 3339 time with an offset")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC) + timedelta(seconds=int(match["second"]))
+    except OverflowError:
+        # Valid RFC 3339, but beyond year 1 or 9999 in UTC: as a bound it is "any time".
+        return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)

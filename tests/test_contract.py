@@ -168,3 +168,57 @@ def test_api_conforms_to_openapi_under_every_check(contract_app: Any, tenants: A
     # Every phase must really have run: a silently skipped phase proves nothing.
     missing = [phase.value for phase in PHASES if not outcome.scenarios.get(phase)]
     assert not missing, f"phases that ran no scenario: {missing}; ran {outcome.scenarios}"
+
+
+# Regressions for what the contract work found, on both dialects --------------------------
+
+
+def test_integral_floats_in_integer_fields_are_stored_as_integers(client: Any) -> None:
+    first = client.post("/v1/tasks", json={"type": "f", "priority": 5.0, "idempotency_key": "k"})
+    assert first.status_code == 201 and first.json["priority"] == 5
+    assert '"priority":5,' in first.text
+    replay = client.post("/v1/tasks", json={"type": "f", "priority": 5, "idempotency_key": "k"})
+    assert replay.status_code == 200 and replay.json["task_id"] == first.json["task_id"]
+    [grant] = client.claim(max_tasks=1.0, ttl_seconds=30.0)
+    renewed = client.post(f"/v1/leases/{grant['lease_id']}/renew", json={"ttl_seconds": 60.0})
+    assert renewed.status_code == 200
+    artifact = {"uri": "s3://bucket/out", "size_bytes": 3.0}
+    result = client.receipt(
+        type="task.success",
+        task_id=first.json["task_id"],
+        parent_receipt_ids=[first.json["obligation_receipt_id"]],
+        artifacts=[artifact],
+    )
+    assert result.status_code == 201, result.text
+    assert '"size_bytes":3}' in result.text
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "2020-01-01T00:00:00Z",
+        "2020-01-01t00:00:00z",
+        "2020-01-01T23:59:60Z",
+        "2020-01-01T00:00:00.1234567%2B05:30",
+        "0001-01-01T00:00:00%2B05:00",
+        "9999-12-31T23:59:60Z",
+    ],
+)
+def test_every_rfc_3339_time_is_a_bound(client: Any, since: str) -> None:
+    result = client.get(f"/v1/receipts?since={since}")
+    assert result.status_code == 200, result.text
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "2020-01-01T00:00Z",
+        "2020-W01-1T00:00:00Z",
+        "2020-01-01T00:00:61Z",
+        "2020-01-01T00:00:00",
+        "2020-01-01 00:00:00Z",
+    ],
+)
+def test_iso_8601_forms_outside_rfc_3339_are_422(client: Any, since: str) -> None:
+    result = client.get("/v1/receipts", params={"since": since})
+    assert result.status_code == 422 and result.json["field"] == "since", result.text

@@ -35,6 +35,14 @@ def link_next(
     resp.append_header("Link", f'<{req.path}?{urlencode(query, doseq=True)}>; rel="next"')
 
 
+def whole_numbers(spec: dict[str, Any], *names: str) -> dict[str, Any]:
+    """JSON Schema's integer admits 5.0: keep it as 5, so storage, replays and answers agree."""
+    for name in names:
+        if isinstance(spec.get(name), float):
+            spec[name] = int(spec[name])
+    return spec
+
+
 class Resource:
     def __init__(self, ledger: Ledger, settings: Settings) -> None:
         self.ledger = ledger

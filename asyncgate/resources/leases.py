@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import falcon
 
-from asyncgate.resources.base import Resource, send_json
+from asyncgate.resources.base import Resource, send_json, whole_numbers
 from asyncgate.validation import path_id
 
 
 class LeasesResource(Resource):
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        claim = await self.body(req, "lease-claim.json")
+        claim = whole_numbers(await self.body(req, "lease-claim.json"), "max_tasks", "ttl_seconds")
         granted = await self.ledger.claim(
             self.identity(req),
             worker=claim["worker"],
@@ -25,7 +25,9 @@ class LeasesResource(Resource):
 class LeaseRenewResource(Resource):
     async def on_post(self, req: falcon.Request, resp: falcon.Response, lease_id: str) -> None:
         lease_id = path_id(lease_id, "lease")
-        renew = await self.body(req, "lease-renew.json", optional=True)
+        renew = whole_numbers(
+            await self.body(req, "lease-renew.json", optional=True), "ttl_seconds"
+        )
         send_json(
             resp, await self.ledger.renew(self.identity(req), lease_id, renew.get("ttl_seconds"))
         )

@@ -8,7 +8,7 @@ import falcon
 
 from asyncgate.errors import invalid
 from asyncgate.receipts import check_type
-from asyncgate.resources.base import Resource, link_next, send_json
+from asyncgate.resources.base import Resource, link_next, send_json, whole_numbers
 from asyncgate.validation import (
     parse_uuid,
     path_id,
@@ -26,6 +26,7 @@ def normalize(spec: dict[str, Any]) -> dict[str, Any]:
     spec["parent_receipt_ids"] = list(
         dict.fromkeys(parse_uuid(p, "parent_receipt_ids") for p in spec["parent_receipt_ids"])
     )
+    spec["artifacts"] = [whole_numbers(artifact, "size_bytes") for artifact in spec["artifacts"]]
     for name in ("lease_id", "receipt_id"):
         if spec.get(name):
             spec[name] = parse_uuid(spec[name], name)

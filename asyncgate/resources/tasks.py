@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import falcon
 
-from asyncgate.resources.base import Resource, link_next, send_json
+from asyncgate.resources.base import Resource, link_next, send_json, whole_numbers
 from asyncgate.validation import choice_param, path_id, text_param, uuid_param
 
 STATES = ("PENDING", "ACTIVE", "COMPLETED", "FAILED", "CANCELLED")
@@ -12,7 +12,7 @@ STATES = ("PENDING", "ACTIVE", "COMPLETED", "FAILED", "CANCELLED")
 
 class TasksResource(Resource):
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        spec = await self.body(req, "task-create.json")
+        spec = whole_numbers(await self.body(req, "task-create.json"), "priority")
         [(task, created)] = await self.ledger.create_tasks(self.identity(req), [spec], batch=False)
         send_json(resp, task, 201 if created else 200)
 
@@ -32,7 +32,8 @@ class TasksResource(Resource):
 class TaskBatchResource(Resource):
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         batch = await self.body(req, "task-batch-create.json")
-        results = await self.ledger.create_tasks(self.identity(req), batch["tasks"], batch=True)
+        specs = [whole_numbers(spec, "priority") for spec in batch["tasks"]]
+        results = await self.ledger.create_tasks(self.identity(req), specs, batch=True)
         send_json(resp, {"tasks": [task for task, _ in results]}, 201)
 
 
