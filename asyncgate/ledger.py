@@ -27,7 +27,7 @@ from asyncgate.storage import (
     Tx,
     UniqueViolation,
 )
-from asyncgate.views import lease_is_live, receipt_view, task_view
+from asyncgate.views import lease_is_live, obligation_receipt, receipt_view, task_view
 
 Emit = Callable[[list[dict[str, Any]], str], Awaitable[None]]
 # A unique violation means a concurrent request with the same idempotency key or
@@ -366,7 +366,7 @@ class Ledger:
         async with self.dialect.snapshot() as tx:
             cursor = await _cursor(tx, "obligation_cursor", identity.tenant, after)
             rows = await tx.all("open_obligations", tenant=identity.tenant, limit=limit, **cursor)
-        return [receipt_view(row) for row in rows]
+        return [obligation_receipt(row) for row in rows]
 
     async def stream_open_obligations(
         self, identity: Identity, after: str | None
@@ -382,7 +382,7 @@ class Ledger:
         async for row in self.dialect.stream(
             "open_obligations", tenant=tenant, limit=None, **cursor
         ):
-            yield receipt_view(row)
+            yield obligation_receipt(row)
 
     # Retention ---------------------------------------------------------------------------
 
@@ -439,18 +439,8 @@ def _new_task_state(now: datetime) -> dict[str, Any]:
 
 def _obligation_row(task: dict[str, Any]) -> dict[str, Any]:
     return {
+        **obligation_receipt(task),
         "tenant": task["tenant"],
-        "receipt_id": task["obligation_receipt_id"],
-        "type": termination.OBLIGATION,
-        "task_id": task["task_id"],
-        "from_principal": task["created_by"],
-        "to_principal": task["principal"],
-        "lease_id": None,
-        "parent_receipt_ids": [],
         "stripped_parent_receipt_ids": None,
-        "body": {"task_type": task["type"], "priority": task["priority"]},
-        "artifacts": [],
-        "delivery_proof": None,
         "content_hash": task["request_hash"],
-        "created_at": task["created_at"],
     }

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from asyncgate.storage import Row
+from asyncgate.termination import OBLIGATION
 
 
 def lease_is_live(task: Row, now: datetime) -> bool:
@@ -64,3 +65,24 @@ def receipt_view(receipt: Row) -> dict[str, Any]:
     if receipt.get("stripped_parent_receipt_ids") is not None:
         view["stripped_parent_receipt_ids"] = receipt["stripped_parent_receipt_ids"]
     return view
+
+
+def obligation_receipt(task: Row) -> dict[str, Any]:
+    """The ``task.assigned`` receipt of a task: every field follows from the task row.
+
+    The ledger stores exactly this when the task is created, and the open-obligation dump
+    builds it from the task row alone, so the dump never reads the (much larger) ledger.
+    """
+    return {
+        "receipt_id": task["obligation_receipt_id"],
+        "type": OBLIGATION,
+        "task_id": task["task_id"],
+        "from_principal": task["created_by"],
+        "to_principal": task["principal"],
+        "lease_id": None,
+        "parent_receipt_ids": [],
+        "body": {"task_type": task["type"], "priority": task["priority"]},
+        "artifacts": [],
+        "delivery_proof": None,
+        "created_at": task["created_at"],
+    }

@@ -25,6 +25,15 @@ def test_dump_lists_every_open_obligation_oldest_first(client):
     assert all(o["type"] == "task.assigned" for o in dump.json)
 
 
+def test_dumped_obligations_are_exactly_the_stored_receipts(client):
+    tasks = [client.create_task(type=f"t{i}", priority=i, principal="agent:x") for i in range(3)]
+    for entry in client.get("/v1/obligations/open").json:
+        assert entry == client.get(f"/v1/receipts/{entry['receipt_id']}").json
+    paged = client.get("/v1/obligations/open?limit=10").json
+    assert [o["task_id"] for o in paged] == [t["task_id"] for t in tasks]
+    assert paged == client.get("/v1/obligations/open").json
+
+
 def test_empty_dump_is_an_empty_array(client):
     result = client.get("/v1/obligations/open")
     assert result.status_code == 200 and result.json == []

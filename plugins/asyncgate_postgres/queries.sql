@@ -158,20 +158,15 @@ ORDER BY created_at, receipt_id
 LIMIT %(limit)s;
 
 -- open_obligations --
--- Open obligations, oldest first, read through the partial index of open tasks only
--- (LIMIT NULL is no limit: the streamed dump).
--- The LATERAL ... LIMIT 1 keeps each receipt a primary-key probe per open task: a hash join
--- would read the tenant's whole ledger, so the cost would follow the ledger, not what is open.
-SELECT r.* FROM tasks t
-CROSS JOIN LATERAL (
-    SELECT * FROM receipts
-    WHERE receipts.tenant = t.tenant AND receipts.receipt_id = t.obligation_receipt_id
-    LIMIT 1
-) r
-WHERE t.tenant = %(tenant)s AND t.obligation_open
+-- Open obligations, oldest first, through the partial index of open tasks only (LIMIT NULL is
+-- no limit: the streamed dump). The obligation receipt follows from its task row
+-- (views.obligation_receipt), so the ledger is not read at all: the cost follows what is open.
+SELECT obligation_receipt_id, task_id, created_by, principal, type, priority, created_at
+FROM tasks
+WHERE tenant = %(tenant)s AND obligation_open
   AND (%(after_created_at)s::timestamptz IS NULL
-       OR (t.created_at, t.task_id) > (%(after_created_at)s::timestamptz, %(after_id)s::uuid))
-ORDER BY t.created_at, t.task_id
+       OR (created_at, task_id) > (%(after_created_at)s::timestamptz, %(after_id)s::uuid))
+ORDER BY created_at, task_id
 LIMIT %(limit)s;
 
 -- obligation_cursor --

@@ -141,12 +141,13 @@ ORDER BY created_at, receipt_id
 LIMIT :limit;
 
 -- open_obligations --
--- Open obligations, oldest first, read through the partial index of open tasks only.
-SELECT r.* FROM tasks t
-JOIN receipts r ON r.tenant = t.tenant AND r.receipt_id = t.obligation_receipt_id
-WHERE t.tenant = :tenant AND t.obligation_open = 1
-  AND (:after_created_at IS NULL OR (t.created_at, t.task_id) > (:after_created_at, :after_id))
-ORDER BY t.created_at, t.task_id
+-- Open obligations, oldest first, through the partial index of open tasks only. The obligation
+-- receipt follows from its task row (views.obligation_receipt): the ledger is not read at all.
+SELECT obligation_receipt_id, task_id, created_by, principal, type, priority, created_at
+FROM tasks
+WHERE tenant = :tenant AND obligation_open = 1
+  AND (:after_created_at IS NULL OR (created_at, task_id) > (:after_created_at, :after_id))
+ORDER BY created_at, task_id
 LIMIT coalesce(:limit, -1);
 
 -- obligation_cursor --
