@@ -38,16 +38,29 @@ ORDER BY created_at, task_id
 LIMIT %(limit)s;
 
 -- claim_candidates --
--- Claimable tasks (PENDING, or ACTIVE with an expired lease) in priority then age order,
--- locked; rows another claim holds are skipped, so concurrent claimers never wait or collide.
+-- Claimable tasks in priority then age order, locked: ACTIVE ones whose lease expired (through
+-- tasks_leased) and PENDING ones (through tasks_pending), type filter applied before locking.
+-- Rows another claim holds are skipped, so concurrent claimers never wait or collide.
+WITH expired AS (
+    SELECT task_id FROM tasks
+    WHERE tenant = %(tenant)s AND state = 'ACTIVE' AND lease_expires_at <= %(now)s::timestamptz
+      AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+    ORDER BY priority DESC, created_at, task_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), pending AS (
+    SELECT task_id FROM tasks
+    WHERE tenant = %(tenant)s AND state = 'PENDING'
+      AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+    ORDER BY priority DESC, created_at, task_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
 SELECT * FROM tasks
 WHERE tenant = %(tenant)s
-  AND state IN ('PENDING', 'ACTIVE')
-  AND (state = 'PENDING' OR lease_expires_at <= %(now)s::timestamptz)
-  AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+  AND task_id IN (SELECT task_id FROM expired UNION ALL SELECT task_id FROM pending)
 ORDER BY priority DESC, created_at, task_id
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED;
+LIMIT %(limit)s;
 
 -- grant_lease --
 -- Make a lease the task's current one.

@@ -36,12 +36,23 @@ ORDER BY created_at, task_id
 LIMIT :limit;
 
 -- claim_candidates --
--- Claimable tasks (PENDING, or ACTIVE with an expired lease) in priority then age order.
+-- Claimable tasks in priority then age order: ACTIVE ones whose lease expired (through
+-- tasks_leased) and PENDING ones (through tasks_pending).
 SELECT * FROM tasks
-WHERE tenant = :tenant
-  AND state IN ('PENDING', 'ACTIVE')
-  AND (state = 'PENDING' OR lease_expires_at <= :now)
-  AND (:types IS NULL OR type IN (SELECT value FROM json_each(:types)))
+WHERE tenant = :tenant AND task_id IN (
+    SELECT task_id FROM (
+        SELECT task_id FROM tasks
+        WHERE tenant = :tenant AND state = 'ACTIVE' AND lease_expires_at <= :now
+          AND (:types IS NULL OR type IN (SELECT value FROM json_each(:types)))
+        ORDER BY priority DESC, created_at, task_id
+        LIMIT :limit)
+    UNION ALL
+    SELECT task_id FROM (
+        SELECT task_id FROM tasks
+        WHERE tenant = :tenant AND state = 'PENDING'
+          AND (:types IS NULL OR type IN (SELECT value FROM json_each(:types)))
+        ORDER BY priority DESC, created_at, task_id
+        LIMIT :limit))
 ORDER BY priority DESC, created_at, task_id
 LIMIT :limit;
 
