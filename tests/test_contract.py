@@ -8,17 +8,15 @@ deterministic generation and few examples so it stays fast and reproducible.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import contract_hooks
 import pytest
 import schemathesis
 import schemathesis.engine
 from schemathesis.engine import events
 from schemathesis.engine.run import PhaseName
-from schemathesis.hooks import GLOBAL_HOOK_DISPATCHER
-from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.python import asgi
 
 from asyncgate.app import create_app
@@ -31,15 +29,15 @@ PHASES = (
     PhaseName.FUZZING,
     PhaseName.STATEFUL_TESTING,
 )
+# Importing registers them (globally, as the CLI does with SCHEMATHESIS_HOOKS).
+HOOKS = (contract_hooks.before_call, contract_hooks.filter_failure)
 
 
 def contract_config(key: str) -> schemathesis.Config:
-    return schemathesis.Config.from_dict(
+    config = schemathesis.Config.from_dict(
         {
             "seed": SEED,
             "workers": 1,
-            # Every check, as `--checks all` selects them.
-            "checks": {"enabled": True},
             "generation": {
                 "mode": "all",
                 "max-examples": 15,
@@ -53,46 +51,9 @@ def contract_config(key: str) -> schemathesis.Config:
             "auth": {"openapi": {"bearerAuth": {"bearer": key}}},
         }
     )
-
-
-def _no_long_poll(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
-    """Claims are sent with wait_seconds 0: a valid long poll (up to 20 s) would only burn time.
-
-    The range itself stays covered: any valid number is still accepted, and invalid ones are
-    left as generated so that negative data keeps being checked.
-    """
-    body = case.body
-    if case.operation.label == "POST /v1/leases" and isinstance(body, dict):
-        wait = body.get("wait_seconds")
-        if isinstance(wait, int | float) and not isinstance(wait, bool) and 0 < wait <= 20:
-            body["wait_seconds"] = 0
-
-
-@pytest.fixture
-def no_long_poll() -> Iterator[None]:
-    GLOBAL_HOOK_DISPATCHER.register_hook_with_name(_no_long_poll, "before_call")
-    yield
-    GLOBAL_HOOK_DISPATCHER.unregister(_no_long_poll)
-
-
-def _rule_beyond_schema(context: Any, failure: Any, case: Any, response: Any) -> bool:
-    """Keep every failure except schema-valid queries refused by a rule JSON Schema cannot state.
-
-    Narrowed to exactly three 422s that need the database or two fields at once, each
-    documented in openapi.yaml: ``after`` is a well-formed UUID that names no item of this
-    listing in this tenant (an unknown cursor); ``until`` is earlier than ``since``; a
-    receipt names parent receipts that do not exist in this tenant (SPEC: 422).
-    """
-    if not isinstance(failure, RejectedPositiveData) or response.status_code != 422:
-        return True
-    problem = response.json()
-    field, code = problem.get("field") or "", problem.get("code")
-    query = case.query or {}
-    if field == "after" and "after" in query:
-        return False
-    if field == "until" and "since" in query and "until" in query:
-        return False
-    return not (field.endswith("parent_receipt_ids") and code == "unknown_parent")
+    # Exactly what `--checks all` does, max_response_time (10 s) included.
+    config.projects.override.checks.update(included_check_names=["all"])
+    return config
 
 
 @dataclass
@@ -112,7 +73,6 @@ def run_contract(app: Any, key: str) -> Outcome:
         config=contract_config(key),
         headers={"Authorization": f"Bearer {key}"},
     )
-    schema.hook("filter_failure")(_rule_beyond_schema)
     outcome = Outcome()
     seen: set[tuple[str, str, str]] = set()
     try:
@@ -161,7 +121,6 @@ def contract_app(database_url: str, tenants: Any) -> Any:
     return create_app(Settings.from_env(env))
 
 
-@pytest.mark.usefixtures("no_long_poll")
 def test_api_conforms_to_openapi_under_every_check(contract_app: Any, tenants: Any) -> None:
     outcome = run_contract(contract_app, tenants.keys["a"])
     assert not outcome.failures and not outcome.errors, outcome.report()
