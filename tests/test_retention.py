@@ -93,7 +93,9 @@ async def write_history(client: Client) -> tuple[list[dict], list[dict]]:
     return closed, pending + leased + failed + unproven
 
 
-async def writers_until(client: Client, done: asyncio.Event, closed: list, still_open: list) -> set:
+async def writers_until(
+    client: Client, pruning: asyncio.Event, done: asyncio.Event, closed: list
+) -> set:
     """Write everywhere prune looks while it runs; returns the old closed tasks touched."""
     touched: set[str] = set()
     targets = closed[:]
@@ -102,6 +104,8 @@ async def writers_until(client: Client, done: asyncio.Event, closed: list, still
     async def touch_closed() -> None:
         # A later receipt on a closed task makes it recent again; prune must either keep
         # the task whole or have removed it first (then this is a 404, never half of each).
+        # Touches begin with the prune, so the two really race over the same rows.
+        await pruning.wait()
         while not done.is_set() and targets:
             task = targets.pop()
             result = await client.receipts([closing(task, "task.cancelled")], 404)
@@ -155,8 +159,11 @@ async def test_prune_beside_writers_removes_only_closed_idle_tasks_whole(
         monkeypatch.setattr(ledger_module, "utcnow", utcnow)
         before = receipts_by_task(database_url, tenant)
 
-        done = asyncio.Event()
-        writers = asyncio.create_task(writers_until(client, done, closed, old_open))
+        # Old closed tasks with recent activity are not idle: prune must leave them whole.
+        recent, racing = closed[:100], closed[100:]
+        await client.receipts([closing(task, "task.cancelled") for task in recent])
+        pruning, done = asyncio.Event(), asyncio.Event()
+        writers = asyncio.create_task(writers_until(client, pruning, done, racing))
         await asyncio.sleep(0.2)  # writers are going before prune starts
         prune = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).with_name("asyncgate")),
@@ -167,10 +174,14 @@ async def test_prune_beside_writers_removes_only_closed_idle_tasks_whole(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
+        assert prune.stderr is not None
+        first = await asyncio.wait_for(prune.stderr.readline(), 30)  # "pruning closed tasks…"
+        pruning.set()
         out, err = await asyncio.wait_for(prune.communicate(), 60)
+        err = first + err
         await asyncio.sleep(0.2)  # and still going after it ends
         done.set()
-        touched = await writers
+        touched = await writers | {task["task_id"] for task in recent}
     assert prune.returncode == 0, err.decode()
 
     after = receipts_by_task(database_url, tenant)
@@ -193,7 +204,7 @@ async def test_prune_beside_writers_removes_only_closed_idle_tasks_whole(
     assert not {str(row[0]) for row in leases_left} - set(task_rows), "lease of a pruned task"
     assert consistency_violations(database_url) == {}
     assert int(out.decode().split()[1]) >= len(untouched)  # "pruned N tasks with ..."
-    assert len(untouched) > CLOSED_OLD // 2 and touched, "the race was never run"
+    assert touched and untouched, "the race was never run"
 
 
 def receipts_by_task(url: str, tenant: str) -> dict[str, set[str]]:
