@@ -135,6 +135,22 @@ def test_open_obligation_dump_reads_only_open_rows_however_large_the_ledger(
         assert nodes[0]["Actual Rows"] == OPEN
 
 
+def test_a_claim_reads_only_claimable_rows_however_many_tasks_are_done(
+    ledger_url: str, ledger_tenants: Tenants
+) -> None:
+    params = {"tenant": ledger_tenants.tenant["a"], "types": ["bulk"], "limit": 5}
+    with psycopg.connect(ledger_url) as conn:
+        params["now"] = conn.execute("SELECT now()").fetchone()[0]
+        nodes = plan_nodes(conn, QUERIES["claim_candidates"], params)
+        conn.rollback()
+    assert nodes[0]["Actual Rows"] == 5
+    assert "LockRows" in {node["Node Type"] for node in nodes}
+    # Partial indexes hold no COMPLETED task: a claim reads a few rows, not the 12000 done.
+    _, task_rows = rows_read_from(nodes, "tasks")
+    assert task_rows <= 3 * 5
+    assert not [node for node in nodes if node["Node Type"] == "Seq Scan"]
+
+
 @pytest.mark.anyio
 async def test_the_dump_through_the_api_is_every_open_obligation_of_the_tenant(
     ledger_url: str, ledger_tenants: Tenants
