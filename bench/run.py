@@ -38,7 +38,7 @@ from scenarios import (  # noqa: E402  (bench/ is not a package)
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-TENANTS = ("ingest", "cycles", "batched", "boot", "claims")
+TENANTS = ("ingest", "cycles", "batched", "boot", "bootlarge", "bootbig", "claims")
 
 
 def free_port() -> int:
@@ -100,7 +100,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per timed phase")
     parser.add_argument(
         "--pg-admin-url",
-        default=os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        default=os.environ.get(
+            "BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
         help="a database to create the throwaway bench database from",
     )
     args = parser.parse_args()
@@ -213,9 +215,10 @@ def print_table(rows: list[tuple[str, str, str]], args: argparse.Namespace) -> N
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     header = ("measure", "result", "ratio and goal")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    quick = " (quick)" if args.quick else ""
     print(
         f"\nAsyncGate benchmark: PostgreSQL, {args.workers} uvicorn worker(s), "
-        f"{args.connections} connections, {args.duration:g} s phases{' (quick)' if args.quick else ''}"
+        f"{args.connections} connections, {args.duration:g} s phases{quick}"
     )
     line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
     print(line)

@@ -1,8 +1,9 @@
-"""The benchmark's measurements. Each returns rates or times; bench/run.py turns them into ratios."""
+"""The benchmark's measurements: rates and times, which bench/run.py turns into ratios."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import statistics
 import subprocess
@@ -41,7 +42,9 @@ class Context:
         return await Connection("127.0.0.1", self.port, self.keys[tenant]).open()
 
 
-async def for_duration(ctx: Context, worker: Callable[[Connection], Awaitable[int]], tenant: str) -> float:
+async def for_duration(
+    ctx: Context, worker: Callable[[Connection], Awaitable[int]], tenant: str
+) -> float:
     """Run ``worker`` on every connection until the phase ends; returns units per second."""
     connections = [await ctx.connect(tenant) for _ in range(ctx.connections)]
     deadline = time.perf_counter() + ctx.duration
@@ -194,9 +197,7 @@ async def one_cycle(conn: Connection) -> int:
 
 
 async def batched_cycles(conn: Connection) -> int:
-    await conn.json(
-        "POST", "/v1/tasks/batch", {"tasks": [{"type": "batched"}] * 100}, expect=201
-    )
+    await conn.json("POST", "/v1/tasks/batch", {"tasks": [{"type": "batched"}] * 100}, expect=201)
     grants = await conn.json(
         "POST",
         "/v1/leases",
@@ -228,42 +229,49 @@ async def life_cycles(ctx: Context, batched: bool) -> float:
 
 SEED_SQL = """
 WITH t AS (
-    SELECT gen_random_uuid() AS task_id, gen_random_uuid() AS obligation, gen_random_uuid() AS closer,
-           now() - random() * interval '1 day' AS at
+    SELECT gen_random_uuid() AS task_id, gen_random_uuid() AS obligation,
+           gen_random_uuid() AS closer, now() - random() * interval '1 day' AS at
     FROM generate_series(1, %(count)s)
 ), tasks_in AS (
     INSERT INTO tasks (tenant, task_id, type, payload, principal, created_by, priority,
                        request_hash, state, obligation_receipt_id, obligation_open,
                        obligation_closed_by, created_at, updated_at)
-    SELECT 'boot', task_id, 'seed', '{}', 'service:bench', 'service:bench', 0, 'seed',
+    SELECT %(tenant)s, task_id, 'seed', '{}', 'service:bench', 'service:bench', 0, 'seed',
            CASE WHEN %(open)s THEN 'PENDING' ELSE 'FAILED' END, obligation, %(open)s,
            CASE WHEN %(open)s THEN NULL ELSE closer END, at, at
     FROM t
 ), obligations_in AS (
     INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal,
                           parent_receipt_ids, body, artifacts, content_hash, created_at)
-    SELECT 'boot', obligation, 'task.assigned', task_id, 'service:bench', 'service:bench',
+    SELECT %(tenant)s, obligation, 'task.assigned', task_id, 'service:bench', 'service:bench',
            '{}', '{"task_type": "seed", "priority": 0}', '[]', 'seed', at
     FROM t
 )
 INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal,
                       parent_receipt_ids, body, artifacts, content_hash, created_at)
-SELECT 'boot', closer, 'task.failure', task_id, 'service:bench', 'service:bench',
+SELECT %(tenant)s, closer, 'task.failure', task_id, 'service:bench', 'service:bench',
        ARRAY[obligation], '{"error": "seeded"}', '[]', 'seed', at + interval '1 second'
 FROM t WHERE NOT %(open)s
 """
 
 
-async def seed(ctx: Context, count: int, open_: bool) -> None:
+async def seed(ctx: Context, tenant: str, count: int, open_: bool) -> None:
     async with await psycopg.AsyncConnection.connect(ctx.database_url, autocommit=True) as conn:
         for start in range(0, count, 50_000):
-            await conn.execute(SEED_SQL, {"count": min(50_000, count - start), "open": open_})
-        await conn.execute("ANALYZE tasks")
-        await conn.execute("ANALYZE receipts")
+            params = {"tenant": tenant, "count": min(50_000, count - start), "open": open_}
+            await conn.execute(SEED_SQL, params)
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of the server process and its children (uvicorn workers)."""
+async def settle(ctx: Context) -> None:
+    """Let the bulk load's aftermath (dirty pages, stale statistics) finish before timing."""
+    async with await psycopg.AsyncConnection.connect(ctx.database_url, autocommit=True) as conn:
+        await conn.execute("VACUUM ANALYZE tasks")
+        await conn.execute("VACUUM ANALYZE receipts")
+        await conn.execute("CHECKPOINT")
+
+
+def _process_tree(pid: int) -> list[int]:
+    """The server process and its children (uvicorn workers)."""
     pids = [pid]
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -273,70 +281,86 @@ def rss_mib(pid: int) -> float:
                 continue
             if int(fields[1]) == pid:
                 pids.append(int(entry.name))
+    return pids
+
+
+def _status_kib(pid: int, field_name: str) -> int:
     total = 0
-    for each in pids:
+    for each in _process_tree(pid):
         try:
             for line in Path(f"/proc/{each}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(field_name + ":"):
                     total += int(line.split()[1])
         except OSError:
             continue
-    return total / 1024
+    return total
 
 
-async def timed_dump(ctx: Context, expect_count: int, repeats: int) -> tuple[float, float]:
-    """Median seconds of a full GET /v1/obligations/open, and the peak RSS growth meanwhile."""
-    conn = await ctx.connect("boot")
-    times, peaks = [], []
-    for _ in range(repeats):
-        baseline = rss_mib(ctx.server_pid)
-        peak = baseline
-        sampling = True
+def rss_mib(pid: int) -> float:
+    return _status_kib(pid, "VmRSS") / 1024
 
-        async def sample() -> None:
-            nonlocal peak
-            while sampling:
-                peak = max(peak, rss_mib(ctx.server_pid))
-                await asyncio.sleep(0.005)
 
-        sampler = asyncio.create_task(sample())
-        started = time.perf_counter()
-        status, body = await conn.request("GET", "/v1/obligations/open")
-        times.append(time.perf_counter() - started)
-        sampling = False
-        await sampler
-        assert status == 200, body[:200]
-        count = len(orjson.loads(body))
-        assert count == expect_count, f"expected {expect_count} open obligations, got {count}"
-        peaks.append(peak - baseline)
-    await conn.close()
-    ctx.extra["baseline_rss"] = rss_mib(ctx.server_pid)
-    return statistics.median(times), max(peaks)
+def reset_peak(pid: int) -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM), so the next peak is this phase's own."""
+    for each in _process_tree(pid):
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{each}/clear_refs").write_text("5")
+
+
+def peak_mib(pid: int) -> float:
+    return _status_kib(pid, "VmHWM") / 1024
+
+
+async def dump_once(conn: Connection, pid: int, expect_count: int) -> tuple[float, float]:
+    """Seconds for one full GET /v1/obligations/open, and the server's peak RSS growth."""
+    baseline = rss_mib(pid)
+    reset_peak(pid)
+    started = time.perf_counter()
+    status, body = await conn.request("GET", "/v1/obligations/open")
+    elapsed = time.perf_counter() - started
+    growth = max(0.0, peak_mib(pid) - baseline)
+    assert status == 200, body[:200]
+    count = len(orjson.loads(body))
+    assert count == expect_count, f"expected {expect_count} open obligations, got {count}"
+    return elapsed, growth
 
 
 async def bootstrap(ctx: Context) -> dict[str, Any]:
+    """The same open set over a small and a large ledger: two tenants of one database, timed
+    alternately so that machine noise falls on both alike."""
     open_count = ctx.size(10_000, 200)
-    small_closed = open_count // 2  # two receipts each: the ledger is 2 x open_count
     large_ledger = ctx.size(500_000, 4_000)
     big_open = ctx.size(100_000, 1_000)
-    repeats = 3 if ctx.quick else 5
-    await seed(ctx, open_count, True)
-    await seed(ctx, small_closed, False)
-    small_seconds, small_rss = await timed_dump(ctx, open_count, repeats)
-    await seed(ctx, (large_ledger - 2 * open_count) // 2, False)
-    large_seconds, _ = await timed_dump(ctx, open_count, repeats)
-    await seed(ctx, big_open - open_count, True)
-    _, big_rss = await timed_dump(ctx, big_open, 1)
+    rounds = 3 if ctx.quick else 7
+    await seed(ctx, "boot", open_count, True)
+    await seed(ctx, "boot", open_count // 2, False)  # two receipts each: 2 x open_count in all
+    await seed(ctx, "bootlarge", open_count, True)
+    await seed(ctx, "bootlarge", (large_ledger - open_count) // 2, False)
+    await seed(ctx, "bootbig", big_open, True)
+    await settle(ctx)
+    small, large = await ctx.connect("boot"), await ctx.connect("bootlarge")
+    await dump_once(small, ctx.server_pid, open_count)  # warm both before timing
+    await dump_once(large, ctx.server_pid, open_count)
+    small_times, large_times, small_rss = [], [], []
+    for _ in range(rounds):
+        elapsed, growth = await dump_once(small, ctx.server_pid, open_count)
+        small_times.append(elapsed)
+        small_rss.append(growth)
+        large_times.append((await dump_once(large, ctx.server_pid, open_count))[0])
+    big = await ctx.connect("bootbig")
+    _, big_rss = await dump_once(big, ctx.server_pid, big_open)
+    for conn in (small, large, big):
+        await conn.close()
     return {
         "open": open_count,
-        "small_ledger": open_count + 2 * small_closed,
-        "large_ledger": large_ledger,
-        "small_seconds": small_seconds,
-        "large_seconds": large_seconds,
+        "small_ledger": 2 * open_count,
+        "large_ledger": open_count + 2 * ((large_ledger - open_count) // 2),
+        "small_seconds": statistics.median(small_times),
+        "large_seconds": statistics.median(large_times),
         "big_open": big_open,
-        "small_rss_growth_mib": small_rss,
+        "small_rss_growth_mib": max(small_rss),
         "big_rss_growth_mib": big_rss,
-        "baseline_rss_mib": ctx.extra["baseline_rss"],
+        "baseline_rss_mib": rss_mib(ctx.server_pid),
     }
 
 
