@@ -86,8 +86,12 @@ async def replay(
             "receipt_id was already used with different content; choose a new receipt_id",
             f"{prefix}receipt_id",
         )
-    task = await tx.one("get_task", tenant=tenant, task_id=existing["task_id"])
-    closed = task is not None and task["obligation_closed_by"] == existing["receipt_id"]
+    closed = await tx.all(
+        "obligations_closed_by",
+        tenant=tenant,
+        ids=existing["parent_receipt_ids"],
+        closed_by=existing["receipt_id"],
+    )
     anomalies = []
     if existing["stripped_parent_receipt_ids"] is not None:
         anomaly = await tx.one(
@@ -98,7 +102,7 @@ async def replay(
         anomalies = [receipt_view(anomaly)] if anomaly else []
     return ReceiptResult(
         receipt_view(existing),
-        [task["obligation_receipt_id"]] if closed else [],
+        sorted(row["obligation_receipt_id"] for row in closed),
         anomalies,
         replayed=True,
     )
@@ -181,14 +185,7 @@ async def write(
                 "unknown_parent",
             )
 
-    decision = termination.decide(
-        rule,
-        parent_ids,
-        task["obligation_receipt_id"],
-        bool(task["obligation_open"]),
-        spec["artifacts"],
-        spec.get("delivery_proof"),
-    )
+    decision = termination.decide(rule, parent_ids, spec["artifacts"], spec.get("delivery_proof"))
     receipt = {
         "tenant": tenant,
         "receipt_id": receipt_id,
@@ -228,23 +225,25 @@ async def write(
 
     new_state = termination.next_state(rule, task["state"])
     ends_lease = new_state in termination.TERMINAL_STATES and task["lease_id"] is not None
-    if new_state != task["state"] or decision.terminates or rule.next_state:
+    if rule.next_state:
         await tx.run(
             "update_task_after_receipt",
             tenant=tenant,
             task_id=task["task_id"],
             state=new_state,
             end_lease=ends_lease,
-            closed_by=receipt_id if decision.terminates else None,
             now=now,
         )
     if ends_lease:
         await tx.run("end_lease_record", tenant=tenant, lease_id=task["lease_id"], now=now)
-    return ReceiptResult(
-        receipt_view(receipt),
-        [decision.terminates] if decision.terminates else [],
-        [receipt_view(row) for row in rows[1:]],
-    )
+    terminated: list[str] = []
+    if decision.closes_named_obligations:
+        # Conditional on still being open: of two racing terminations, one closes each.
+        closed = await tx.all(
+            "close_obligations", tenant=tenant, ids=parent_ids, closed_by=receipt_id, now=now
+        )
+        terminated = sorted(row["obligation_receipt_id"] for row in closed)
+    return ReceiptResult(receipt_view(receipt), terminated, [receipt_view(row) for row in rows[1:]])
 
 
 async def _fence(tx: Tx, tenant: str, task: Row, lease_id: str, now: datetime, prefix: str) -> None:

@@ -64,8 +64,8 @@ def is_locatable(artifacts: Sequence[Any] | None, delivery_proof: Mapping[str, A
 class Decision:
     parent_receipt_ids: list[str]
     stripped_parent_receipt_ids: list[str]
-    # The obligation this receipt closes, if any.
-    terminates: str | None
+    # Whether the receipt closes the open obligations among its parents.
+    closes_named_obligations: bool
     # Anomaly to write in the same transaction, if any.
     anomaly: str | None
 
@@ -73,22 +73,20 @@ class Decision:
 def decide(
     rule: Rule,
     parent_ids: Sequence[str],
-    obligation_id: str,
-    obligation_open: bool,
     artifacts: Sequence[Any] | None,
     delivery_proof: Mapping[str, Any] | None,
 ) -> Decision:
-    """Decide what a client receipt does to its task's obligation.
+    """Decide what a client receipt does to the obligations it names.
 
-    ``parent_ids`` must already be known to exist in the tenant. Only the obligation of
-    the receipt's own task can be terminated; every other parent is a causality link.
+    ``parent_ids`` must already be known to exist in the tenant. A terminating receipt closes
+    every open obligation (``task.assigned`` receipt) among them, whichever task it belongs
+    to; every other parent is a causality link. The database says which parents those are.
     """
-    names_obligation = obligation_id in parent_ids
     if rule.terminates is Terminates.IF_LOCATABLE and not is_locatable(artifacts, delivery_proof):
-        # Stored, but unlinked, so the obligation stays open; the anomaly names what was stripped.
-        return Decision([], list(parent_ids), None, LOCATABILITY_MISSING)
-    closes = rule.terminates is not Terminates.NEVER and names_obligation and obligation_open
-    return Decision(list(parent_ids), [], obligation_id if closes else None, None)
+        # Stored, but unlinked, so nothing closes; the anomaly names what was stripped.
+        return Decision([], list(parent_ids), False, LOCATABILITY_MISSING)
+    closes = rule.terminates is not Terminates.NEVER and bool(parent_ids)
+    return Decision(list(parent_ids), [], closes, None)
 
 
 def next_state(rule: Rule, current_state: str) -> str:

@@ -139,16 +139,31 @@ def test_any_actor_in_the_tenant_may_discharge_without_a_lease(client, tenants):
     assert result.json["receipt"]["to_principal"] == "service:a"
 
 
-def test_other_parents_are_causality_links_not_terminations(client):
+def test_a_terminating_receipt_closes_every_open_obligation_it_names(client):
     first = client.create_task()
     second = client.create_task()
+    earlier = client.receipt(type="task.failure", task_id=first["task_id"]).json["receipt"][
+        "receipt_id"
+    ]
+    names = [first["obligation_receipt_id"], second["obligation_receipt_id"], earlier]
     result = client.receipt(
-        type="task.failure",
-        task_id=first["task_id"],
-        parent_receipt_ids=[first["obligation_receipt_id"], second["obligation_receipt_id"]],
+        type="task.cancelled", task_id=first["task_id"], parent_receipt_ids=names
     )
-    assert result.json["terminated"] == [first["obligation_receipt_id"]]
-    assert client.get(f"/v1/tasks/{second['task_id']}").json["obligation_open"] is True
+    # Obligations close wherever they belong; the other parent is a causality link.
+    assert result.json["terminated"] == sorted(names[:2])
+    other = client.get(f"/v1/tasks/{second['task_id']}").json
+    assert other["obligation_open"] is False
+    assert other["state"] == "PENDING"  # execution state belongs to the receipt's own task
+    assert client.get("/v1/obligations/open").json == []
+
+
+def test_a_closed_obligation_is_not_terminated_twice(client):
+    task = client.create_task()
+    names = [task["obligation_receipt_id"]]
+    first = client.receipt(type="task.failure", task_id=task["task_id"], parent_receipt_ids=names)
+    again = client.receipt(type="task.failure", task_id=task["task_id"], parent_receipt_ids=names)
+    assert first.json["terminated"] == names
+    assert again.status_code == 201 and again.json["terminated"] == []
 
 
 def test_from_principal_is_always_the_authenticated_caller(client):

@@ -53,42 +53,42 @@ def test_locatability_needs_an_artifact_or_a_non_empty_proof(artifacts, proof, l
 
 def test_unlocatable_success_strips_parents_and_asks_for_an_anomaly():
     rule = t.rule_for("task.success")
-    decision = t.decide(rule, [OBLIGATION, OTHER], OBLIGATION, True, [], {})
+    decision = t.decide(rule, [OBLIGATION, OTHER], [], {})
     assert decision.parent_receipt_ids == []
     assert decision.stripped_parent_receipt_ids == [OBLIGATION, OTHER]
-    assert decision.terminates is None
+    assert decision.closes_named_obligations is False
     assert decision.anomaly == t.LOCATABILITY_MISSING
 
 
-def test_locatable_success_terminates_the_named_open_obligation():
-    decision = t.decide(t.rule_for("task.success"), [OBLIGATION], OBLIGATION, True, ARTIFACT, None)
-    assert decision.terminates == OBLIGATION
+def test_unlocatable_success_without_parents_still_asks_for_an_anomaly():
+    decision = t.decide(t.rule_for("task.success"), [], None, None)
+    assert decision.anomaly == t.LOCATABILITY_MISSING
+    assert decision.stripped_parent_receipt_ids == []
+
+
+def test_locatable_success_closes_the_obligations_it_names():
+    decision = t.decide(t.rule_for("task.success"), [OBLIGATION], ARTIFACT, None)
+    assert decision.closes_named_obligations is True
     assert decision.parent_receipt_ids == [OBLIGATION]
     assert decision.anomaly is None
 
 
 @pytest.mark.parametrize("receipt_type", ["task.failure", "task.cancelled"])
 def test_failure_and_cancel_terminate_without_evidence(receipt_type):
-    decision = t.decide(t.rule_for(receipt_type), [OBLIGATION], OBLIGATION, True, [], None)
-    assert decision.terminates == OBLIGATION
+    decision = t.decide(t.rule_for(receipt_type), [OBLIGATION], [], None)
+    assert decision.closes_named_obligations is True
 
 
 @pytest.mark.parametrize("receipt_type", ["task.started", "task.progress"])
 def test_non_terminating_receipts_keep_parents_as_links(receipt_type):
-    decision = t.decide(t.rule_for(receipt_type), [OBLIGATION], OBLIGATION, True, ARTIFACT, None)
-    assert decision.terminates is None
+    decision = t.decide(t.rule_for(receipt_type), [OBLIGATION], ARTIFACT, None)
+    assert decision.closes_named_obligations is False
     assert decision.parent_receipt_ids == [OBLIGATION]
 
 
-def test_a_receipt_that_does_not_name_the_obligation_terminates_nothing():
-    decision = t.decide(t.rule_for("task.failure"), [OTHER], OBLIGATION, True, [], None)
-    assert decision.terminates is None
-    assert decision.parent_receipt_ids == [OTHER]
-
-
-def test_an_already_closed_obligation_is_not_terminated_twice():
-    decision = t.decide(t.rule_for("task.failure"), [OBLIGATION], OBLIGATION, False, [], None)
-    assert decision.terminates is None
+def test_a_terminating_receipt_without_parents_closes_nothing():
+    decision = t.decide(t.rule_for("task.failure"), [], [], None)
+    assert decision.closes_named_obligations is False
 
 
 @pytest.mark.parametrize(

@@ -6,3 +6,5 @@ CREATE INDEX tasks_pending ON tasks (tenant, priority DESC, created_at, task_id)
     WHERE state = 'PENDING';
 CREATE INDEX tasks_leased ON tasks (tenant, lease_expires_at)
     WHERE state = 'ACTIVE';
+-- Obligations are found by id: keyset cursors, and terminating receipts closing them.
+CREATE UNIQUE INDEX tasks_by_obligation ON tasks (tenant, obligation_receipt_id);

@@ -145,16 +145,27 @@ RETURNING *;
 SELECT * FROM receipts WHERE tenant = %(tenant)s AND receipt_id = %(receipt_id)s::uuid;
 
 -- update_task_after_receipt --
--- Apply a receipt's effect: new state, lease ended or kept, obligation closed or not.
+-- Apply a terminating receipt's effect on its task: the new state, the lease ended or kept.
 UPDATE tasks
 SET state = %(state)s,
     lease_id = CASE WHEN %(end_lease)s::boolean THEN NULL ELSE lease_id END,
     lease_worker = CASE WHEN %(end_lease)s::boolean THEN NULL ELSE lease_worker END,
     lease_expires_at = CASE WHEN %(end_lease)s::boolean THEN NULL ELSE lease_expires_at END,
-    obligation_open = CASE WHEN %(closed_by)s::uuid IS NULL THEN obligation_open ELSE false END,
-    obligation_closed_by = COALESCE(%(closed_by)s::uuid, obligation_closed_by),
     updated_at = %(now)s
 WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid;
+
+-- close_obligations --
+-- Close the still-open obligations among the given receipt ids; returns those it closed.
+UPDATE tasks
+SET obligation_open = false, obligation_closed_by = %(closed_by)s::uuid, updated_at = %(now)s
+WHERE tenant = %(tenant)s AND obligation_receipt_id = ANY(%(ids)s::uuid[]) AND obligation_open
+RETURNING obligation_receipt_id;
+
+-- obligations_closed_by --
+-- Which of the given obligations a receipt closed (for an idempotent replay).
+SELECT obligation_receipt_id FROM tasks
+WHERE tenant = %(tenant)s AND obligation_receipt_id = ANY(%(ids)s::uuid[])
+  AND obligation_closed_by = %(closed_by)s::uuid;
 
 -- list_receipts --
 -- A page of the ledger in (created_at, receipt_id) order.

@@ -127,16 +127,28 @@ RETURNING *;
 SELECT * FROM receipts WHERE tenant = :tenant AND receipt_id = :receipt_id;
 
 -- update_task_after_receipt --
--- Apply a receipt's effect: new state, lease ended or kept, obligation closed or not.
+-- Apply a terminating receipt's effect on its task: the new state, the lease ended or kept.
 UPDATE tasks
 SET state = :state,
     lease_id = CASE WHEN :end_lease THEN NULL ELSE lease_id END,
     lease_worker = CASE WHEN :end_lease THEN NULL ELSE lease_worker END,
     lease_expires_at = CASE WHEN :end_lease THEN NULL ELSE lease_expires_at END,
-    obligation_open = CASE WHEN :closed_by IS NULL THEN obligation_open ELSE 0 END,
-    obligation_closed_by = COALESCE(:closed_by, obligation_closed_by),
     updated_at = :now
 WHERE tenant = :tenant AND task_id = :task_id;
+
+-- close_obligations --
+-- Close the still-open obligations among the given receipt ids; returns those it closed.
+UPDATE tasks
+SET obligation_open = 0, obligation_closed_by = :closed_by, updated_at = :now
+WHERE tenant = :tenant AND obligation_open = 1
+  AND obligation_receipt_id IN (SELECT value FROM json_each(:ids))
+RETURNING obligation_receipt_id;
+
+-- obligations_closed_by --
+-- Which of the given obligations a receipt closed (for an idempotent replay).
+SELECT obligation_receipt_id FROM tasks
+WHERE tenant = :tenant AND obligation_closed_by = :closed_by
+  AND obligation_receipt_id IN (SELECT value FROM json_each(:ids));
 
 -- list_receipts --
 -- A page of the ledger in (created_at, receipt_id) order.
