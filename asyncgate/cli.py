@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from asyncgate import __version__, logs, plugins
 from asyncgate.settings import PRINCIPAL_RE, TENANT_RE, ConfigError, Settings, hash_key
+from asyncgate.storage import StorageUnavailable
 
 EPILOG = "Configuration comes from ASYNCGATE_* environment variables; see README.md."
 
@@ -185,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"asyncgate: {exc}", file=sys.stderr)
         return 2
+    except StorageUnavailable as exc:
+        print(
+            f"asyncgate: the database cannot be reached ({exc}); check ASYNCGATE_DATABASE_URL "
+            "and that the server is up, then run the command again",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
