@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from asyncgate import receipts, termination
+from asyncgate import leases, receipts
 from asyncgate.errors import conflict, invalid, not_found
 from asyncgate.ids import fingerprint, new_id, utcnow
 from asyncgate.metrics import Metrics
@@ -172,7 +172,7 @@ class Ledger:
         deadline = time.monotonic() + wait_seconds
         while True:
             granted, anomalies = await self._in_transaction(
-                lambda tx, now: self._claim_once(
+                lambda tx, now: leases.claim_once(
                     tx, now, identity, worker, types, max_tasks, ttl_seconds
                 )
             )
@@ -199,76 +199,6 @@ class Ledger:
         self._stopping = True
         for tenant in list(self._waiting):
             self.dialect.tasks_created(tenant)
-
-    async def _claim_once(
-        self,
-        tx: Tx,
-        now: datetime,
-        identity: Identity,
-        worker: str,
-        types: list[str] | None,
-        max_tasks: int,
-        ttl_seconds: int,
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        tenant = identity.tenant
-        candidates = await tx.all(
-            "claim_candidates", tenant=tenant, now=now, types=types, limit=max_tasks
-        )
-        if not candidates:
-            return [], []
-        expires_at = now + timedelta(seconds=ttl_seconds)
-        grants, anomalies, granted = [], [], []
-        for task in candidates:
-            grant = {
-                "tenant": tenant,
-                "task_id": task["task_id"],
-                "lease_id": new_id(),
-                "worker": worker,
-                "expires_at": expires_at,
-                "generation": task["lease_generation"] + 1,
-                "now": now,
-            }
-            grants.append(grant)
-            if task["state"] == "ACTIVE":
-                # Taking over an expired lease is recorded, never silently absorbed.
-                anomalies.append(
-                    receipts.anomaly_row(
-                        tenant,
-                        new_id(),
-                        termination.LEASE_EXPIRED,
-                        task,
-                        [task["obligation_receipt_id"]],
-                        {
-                            "lease_id": task["lease_id"],
-                            "worker": task["lease_worker"],
-                            "expired_at": task["lease_expires_at"].isoformat(),
-                            "lease_generation": task["lease_generation"],
-                            "taken_over_by": worker,
-                        },
-                        now,
-                    )
-                )
-            claimed = {
-                **task,
-                "state": "ACTIVE",
-                "lease_id": grant["lease_id"],
-                "lease_worker": worker,
-                "lease_expires_at": expires_at,
-                "lease_generation": grant["generation"],
-                "updated_at": now,
-            }
-            granted.append(
-                {
-                    "lease_id": grant["lease_id"],
-                    "lease_generation": grant["generation"],
-                    "expires_at": expires_at,
-                    "task": task_view(claimed, now),
-                }
-            )
-        await tx.many("grant_lease", grants)
-        await tx.many("insert_lease", grants)
-        await tx.many("insert_receipt", anomalies)
-        return granted, [receipt_view(row) for row in anomalies]
 
     async def _current_lease(self, tx: Tx, tenant: str, lease_id: str, now: datetime) -> Row:
         lease = await tx.one("get_lease", tenant=tenant, lease_id=lease_id)
