@@ -6,6 +6,7 @@ so one PostgreSQL database (created once per session) serves the whole run.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import uuid
@@ -36,6 +37,22 @@ def create_pg_database(prefix: str = "asyncgate_test") -> str:
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return name
+
+
+def create_migrated_pg_database(prefix: str) -> tuple[str, str]:
+    """A fresh database with AsyncGate's schema: (name, url)."""
+    from asyncgate_postgres import PostgresDialect, conninfo_from_url
+
+    name = create_pg_database(prefix)
+    url = pg_url(name)
+
+    async def migrate() -> None:
+        dialect = PostgresDialect(conninfo_from_url(url), 1, 1)
+        await dialect.migrate()
+        await dialect.close()
+
+    asyncio.run(migrate())
+    return name, url
 
 
 def drop_pg_database(name: str) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from asyncgate_postgres import QUERIES, PostgresDialect, conninfo_from_url
-from conftest import create_pg_database, drop_pg_database, pg_url
+from asyncgate_postgres import QUERIES
+from conftest import create_migrated_pg_database, drop_pg_database
 
 LEASED = 5000
 PENDING = 100
@@ -34,15 +33,7 @@ FROM generate_series(1, %(total)s) AS i
 
 @pytest.fixture(scope="module")
 def claim_url() -> Iterator[str]:
-    name = create_pg_database("asyncgate_claims")
-    url = pg_url(name)
-
-    async def migrate() -> None:
-        dialect = PostgresDialect(conninfo_from_url(url), 1, 1)
-        await dialect.migrate()
-        await dialect.close()
-
-    asyncio.run(migrate())
+    name, url = create_migrated_pg_database("asyncgate_claims")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             SEED,

@@ -7,14 +7,13 @@ large quickly; the obligations under test are written through the HTTP API.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from asyncgate_postgres import QUERIES, PostgresDialect, conninfo_from_url
-from conftest import Tenants, create_pg_database, drop_pg_database, pg_url
+from asyncgate_postgres import QUERIES
+from conftest import Tenants, create_migrated_pg_database, drop_pg_database
 from test_postgres import auth, instances
 
 CLOSED = 6000
@@ -66,15 +65,7 @@ def ledger_tenants(tmp_path_factory: pytest.TempPathFactory) -> Tenants:
 @pytest.fixture(scope="module")
 def ledger_url(ledger_tenants: Tenants) -> Iterator[str]:
     """A database of its own: CLOSED closed and OPEN open tasks for tenant a, noise for c."""
-    name = create_pg_database("asyncgate_plans")
-    url = pg_url(name)
-
-    async def migrate() -> None:
-        dialect = PostgresDialect(conninfo_from_url(url), 1, 1)
-        await dialect.migrate()
-        await dialect.close()
-
-    asyncio.run(migrate())
+    name, url = create_migrated_pg_database("asyncgate_plans")
     add_bulk(url, ledger_tenants.tenant["a"], CLOSED, False)
     add_bulk(url, ledger_tenants.tenant["a"], OPEN, True)
     add_bulk(url, ledger_tenants.tenant["c"], 2000, True)
