@@ -223,13 +223,25 @@ class SQL:
             f" AND {r}.delivery_proof <> '{{}}'))"
         )
 
-    def terminates(self, r: str, t: str) -> str:
-        """Receipt ``r`` is a terminating receipt of task ``t`` that names its obligation."""
+    def terminating(self, r: str) -> str:
+        """Receipt ``r`` terminates the obligations it names (the truth table)."""
         return (
-            f"{r}.tenant = {t}.tenant AND {r}.task_id = {t}.task_id"
-            f" AND {self.names(f'{r}.parent_receipt_ids', f'{t}.obligation_receipt_id')}"
-            f" AND ({r}.type IN ('task.failure', 'task.cancelled')"
+            f"({r}.type IN ('task.failure', 'task.cancelled')"
             f" OR ({r}.type = 'task.success' AND {self.evidence(r)}))"
+        )
+
+    def named_open_obligations(self) -> str:
+        """Open obligations that some terminating receipt of their tenant names."""
+        parents = (
+            "CROSS JOIN LATERAL unnest(r.parent_receipt_ids) AS p(id)"
+            if self.pg
+            else "CROSS JOIN json_each(r.parent_receipt_ids) AS p"
+        )
+        parent = "p.id" if self.pg else "p.value"
+        return (
+            f"SELECT t.task_id FROM receipts r {parents} JOIN tasks t ON t.tenant = r.tenant"
+            f" AND t.obligation_receipt_id = {parent}"
+            f" WHERE t.obligation_open AND {self.terminating('r')}"
         )
 
 
@@ -247,15 +259,15 @@ def consistency_violations(url: str) -> dict[str, list[tuple]]:
             "SELECT r.receipt_id FROM receipts r WHERE NOT EXISTS (SELECT 1 FROM tasks t"
             " WHERE t.tenant = r.tenant AND t.task_id = r.task_id)"
         ),
+        # A terminating receipt closes every obligation it names, of any task of the tenant.
         "obligation closed without its terminating receipt": (
             "SELECT t.task_id FROM tasks t WHERE NOT t.obligation_open AND NOT EXISTS"
-            f" (SELECT 1 FROM receipts r WHERE r.receipt_id = t.obligation_closed_by"
-            f" AND {sql.terminates('r', 't')})"
+            " (SELECT 1 FROM receipts r WHERE r.tenant = t.tenant"
+            " AND r.receipt_id = t.obligation_closed_by"
+            f" AND {sql.names('r.parent_receipt_ids', 't.obligation_receipt_id')}"
+            f" AND {sql.terminating('r')})"
         ),
-        "obligation open though a terminating receipt names it": (
-            "SELECT t.task_id FROM tasks t WHERE t.obligation_open AND EXISTS"
-            f" (SELECT 1 FROM receipts r WHERE {sql.terminates('r', 't')})"
-        ),
+        "obligation open though a terminating receipt names it": sql.named_open_obligations(),
         "terminal state without its receipt": (
             "SELECT t.task_id, t.state FROM tasks t WHERE t.state IN ('COMPLETED', 'FAILED',"
             " 'CANCELLED') AND NOT EXISTS (SELECT 1 FROM receipts r WHERE r.tenant = t.tenant"

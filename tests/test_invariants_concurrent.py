@@ -105,6 +105,11 @@ async def write_receipt(world: World, grant: dict[str, Any], kind: str, **fields
     receipt = {"type": kind, "task_id": task["task_id"], **fields}
     if kind in TERMINAL_TYPES and random.random() < 0.8:
         receipt["parent_receipt_ids"] = [task["obligation_receipt_id"]]
+        if random.random() < 0.2:
+            # Delegation across tasks: naming another task's obligation closes it too.
+            other = random.choice(list(world.tasks.values()))
+            if other["task_id"] != task["task_id"]:
+                receipt["parent_receipt_ids"].append(other["obligation_receipt_id"])
     if kind == "task.success" and random.random() < 0.7:
         receipt["artifacts"] = [{"uri": f"s3://out/{task['task_id']}"}]
     result, sent, received = await world.call("POST", "/v1/receipts", json=receipt)
@@ -263,14 +268,15 @@ async def test_ledger_invariants_hold_under_concurrent_clients(
             created = server_time(receipt["created_at"])
             assert created < world.max_expiry[receipt["lease_id"]], receipt
 
-    # Obligations are open if and only if no terminating receipt names them.
-    by_task_receipts: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    # Obligations are open if and only if no terminating receipt (of any task) names them.
+    naming: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for receipt in ledger:
-        by_task_receipts[receipt["task_id"]].append(receipt)
+        for parent in receipt["parent_receipt_ids"]:
+            naming[parent].append(receipt)
     assert set(final_tasks) == set(world.tasks)
-    for task_id, task in final_tasks.items():
+    for task in final_tasks.values():
         obligation = task["obligation_receipt_id"]
-        closed = any(closes(r, obligation) for r in by_task_receipts[task_id])
+        closed = any(closes(r, obligation) for r in naming[obligation])
         assert task["obligation_open"] is (not closed), task
         assert (obligation in open_ids) is (not closed), task
 
