@@ -248,7 +248,8 @@ async def test_crossed_receipt_batches_on_two_instances_both_commit(
     before = await deadlocks_reported(pg_database)
     async with instances(2, pg_database, tenants) as apps:
         pairs = []
-        for _ in range(6):
+        # Enough crossed pairs that at least one deadlock is all but certain on a busy machine.
+        for _ in range(16):
             created = await apps[0].simulate_post(
                 "/v1/tasks/batch", headers=headers, json={"tasks": [{"type": "x"}, {"type": "x"}]}
             )
