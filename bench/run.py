@@ -56,7 +56,11 @@ def ensure_wrk() -> str:
     if found:
         return found
     log("wrk not found; installing it from Debian's packages")
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
+    install = ["apt-get", "install", "-y", "-qq", "wrk"]
+    if subprocess.run(install, capture_output=True).returncode != 0:
+        # A fresh machine may have no package lists yet.
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+        subprocess.run(install, check=True, capture_output=True)
     found = shutil.which("wrk")
     if not found:
         raise SystemExit("bench: wrk is required (apt-get install wrk)")

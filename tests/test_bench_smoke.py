@@ -1,0 +1,31 @@
+"""The benchmark command keeps working: a smoke run on tiny sizes (no timing is asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from asyncgate import PROJECT_ROOT
+
+
+def test_bench_quick_run_prints_every_row_of_the_table():
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "run.py"), "--quick", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = result.stdout
+    for row in (
+        "floor: psycopg INSERTs/s",
+        "1. receipt ingest/s",
+        "2. life cycles/s, unbatched",
+        "2. life cycles/s, batched (100)",
+        "3. bootstrap",
+        "3. server RSS streaming",
+        "4. claims/s",
+    ):
+        assert row in table, f"missing row {row!r}:\n{table}"
+    assert "(0 non-2xx)" in table
+    assert "double leases: 0 (met)" in table
