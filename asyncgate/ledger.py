@@ -256,8 +256,11 @@ class Ledger:
             results = None if fast is None else [fast]
 
         async def work(tx: Tx, now: datetime) -> list[receipts.ReceiptResult]:
+            locked = await receipts.lock(tx, identity.tenant, specs)
             return [
-                await receipts.write(tx, identity, spec, now, f"receipts.{i}." if batch else "")
+                await receipts.write(
+                    tx, identity, spec, now, locked, f"receipts.{i}." if batch else ""
+                )
                 for i, spec in enumerate(specs)
             ]
 

@@ -149,10 +149,44 @@ async def append_under_lease(
     return None if row is None else ReceiptResult(receipt_view(row), [])
 
 
+@dataclass
+class Locked:
+    """What a transaction of receipts holds: its task rows, locked, kept current as it writes.
+
+    ``tasks`` holds the receipts' own tasks and the tasks whose obligations they name (the same
+    row objects are indexed both ways); ``known`` the receipt ids that exist in the tenant.
+    """
+
+    tasks: dict[str, Row]
+    by_obligation: dict[str, Row]
+    known: set[str]
+
+
+async def lock(tx: Tx, tenant: str, specs: list[dict[str, Any]]) -> Locked:
+    """Lock every task the receipts touch, and learn which parents exist: one query."""
+    parent_ids = sorted({parent for spec in specs for parent in spec["parent_receipt_ids"]})
+    task_ids = sorted({spec["task_id"] for spec in specs})
+    rows = await tx.all("lock_receipt_tasks", tenant=tenant, task_ids=task_ids, ids=parent_ids)
+    return Locked(
+        tasks={row["task_id"]: row for row in rows},
+        by_obligation={row["obligation_receipt_id"]: row for row in rows},
+        known=set(rows[0]["found_parent_ids"]) if rows else set(),
+    )
+
+
 async def write(
-    tx: Tx, identity: Identity, spec: dict[str, Any], now: datetime, prefix: str = ""
+    tx: Tx,
+    identity: Identity,
+    spec: dict[str, Any],
+    now: datetime,
+    locked: Locked,
+    prefix: str = "",
 ) -> ReceiptResult:
-    """Append one client receipt and apply its effect on the task, in the open transaction."""
+    """Append one client receipt and apply its effect, in the open transaction.
+
+    ``locked`` comes from ``lock`` over every receipt of the transaction, and is kept current
+    here, so receipts later in a batch see what earlier ones did.
+    """
     tenant = identity.tenant
     rule = check_request(spec, prefix)
     content_hash = fingerprint(content_of(spec))
@@ -163,7 +197,7 @@ async def write(
             return await replay(tx, tenant, existing, content_hash, prefix)
 
     parent_ids = spec["parent_receipt_ids"]
-    task = await tx.one("lock_task", tenant=tenant, task_id=spec["task_id"], ids=parent_ids)
+    task = locked.tasks.get(spec["task_id"])
     if task is None:
         raise not_found(f"task {spec['task_id']}", f"{prefix}task_id")
     if rule.requires_lease and task["state"] in termination.TERMINAL_STATES:
@@ -176,14 +210,13 @@ async def write(
     if lease_id:
         await _fence(tx, tenant, task, lease_id, now, prefix)
 
-    if parent_ids:
-        missing = set(parent_ids) - set(task["found_parent_ids"])
-        if missing:
-            raise invalid(
-                f"{prefix}parent_receipt_ids",
-                f"parent receipts do not exist in this tenant: {', '.join(sorted(missing))}",
-                "unknown_parent",
-            )
+    missing = set(parent_ids) - locked.known
+    if missing:
+        raise invalid(
+            f"{prefix}parent_receipt_ids",
+            f"parent receipts do not exist in this tenant: {', '.join(sorted(missing))}",
+            "unknown_parent",
+        )
 
     decision = termination.decide(rule, parent_ids, spec["artifacts"], spec.get("delivery_proof"))
     receipt = {
@@ -222,10 +255,11 @@ async def write(
             )
         )
     await tx.many("insert_receipt", rows)
+    locked.known.update(row["receipt_id"] for row in rows)
 
-    new_state = termination.next_state(rule, task["state"])
-    ends_lease = new_state in termination.TERMINAL_STATES and task["lease_id"] is not None
     if rule.next_state:
+        new_state = termination.next_state(rule, task["state"])
+        ends_lease = new_state in termination.TERMINAL_STATES and task["lease_id"] is not None
         await tx.run(
             "update_task_after_receipt",
             tenant=tenant,
@@ -234,15 +268,24 @@ async def write(
             end_lease=ends_lease,
             now=now,
         )
-    if ends_lease:
-        await tx.run("end_lease_record", tenant=tenant, lease_id=task["lease_id"], now=now)
+        if ends_lease:
+            await tx.run("end_lease_record", tenant=tenant, lease_id=task["lease_id"], now=now)
+            task.update(lease_id=None, lease_worker=None, lease_expires_at=None)
+        task["state"] = new_state
     terminated: list[str] = []
     if decision.closes_named_obligations:
-        # Conditional on still being open: of two racing terminations, one closes each.
-        closed = await tx.all(
-            "close_obligations", tenant=tenant, ids=parent_ids, closed_by=receipt_id, now=now
+        # The obligations' rows are locked, so which of them are open is settled here.
+        terminated = sorted(
+            obligation
+            for obligation in set(parent_ids)
+            if (owner := locked.by_obligation.get(obligation)) and owner["obligation_open"]
         )
-        terminated = sorted(row["obligation_receipt_id"] for row in closed)
+        if terminated:
+            await tx.run(
+                "close_obligations", tenant=tenant, ids=terminated, closed_by=receipt_id, now=now
+            )
+            for obligation in terminated:
+                locked.by_obligation[obligation]["obligation_open"] = False
     return ReceiptResult(receipt_view(receipt), terminated, [receipt_view(row) for row in rows[1:]])
 
 

@@ -21,7 +21,14 @@ from typing import Any, Protocol
 
 JSON_COLUMNS = frozenset({"payload", "body", "artifacts", "delivery_proof"})
 ID_LIST_COLUMNS = frozenset(
-    {"parent_receipt_ids", "stripped_parent_receipt_ids", "found_parent_ids", "ids", "types"}
+    {
+        "parent_receipt_ids",
+        "stripped_parent_receipt_ids",
+        "found_parent_ids",
+        "ids",
+        "task_ids",
+        "types",
+    }
 )
 TIME_COLUMNS = frozenset(
     {

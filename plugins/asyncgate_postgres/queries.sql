@@ -15,13 +15,17 @@ SELECT * FROM tasks WHERE tenant = %(tenant)s AND idempotency_key = %(idempotenc
 -- One task of a tenant.
 SELECT * FROM tasks WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid;
 
--- lock_task --
--- One task, locked until the transaction ends: receipts on one task are written one at a time.
--- It also answers which of the receipt's parents exist in the tenant, saving a round trip.
+-- lock_receipt_tasks --
+-- The tasks that receipts write to or whose obligations they name, locked until the
+-- transaction ends (in task_id order, against deadlocks), each row also carrying which of the
+-- named parents exist in the tenant: one round trip for everything a receipt write reads.
 SELECT t.*,
        ARRAY(SELECT p.receipt_id FROM receipts p
              WHERE p.tenant = %(tenant)s AND p.receipt_id = ANY(%(ids)s::uuid[])) AS found_parent_ids
-FROM tasks t WHERE t.tenant = %(tenant)s AND t.task_id = %(task_id)s::uuid
+FROM tasks t
+WHERE t.tenant = %(tenant)s
+  AND (t.task_id = ANY(%(task_ids)s::uuid[]) OR t.obligation_receipt_id = ANY(%(ids)s::uuid[]))
+ORDER BY t.task_id
 FOR UPDATE OF t;
 
 -- list_tasks --
@@ -155,11 +159,10 @@ SET state = %(state)s,
 WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid;
 
 -- close_obligations --
--- Close the still-open obligations among the given receipt ids; returns those it closed.
+-- Close the given obligations (their rows are locked; still-open ones only, for safety).
 UPDATE tasks
 SET obligation_open = false, obligation_closed_by = %(closed_by)s::uuid, updated_at = %(now)s
-WHERE tenant = %(tenant)s AND obligation_receipt_id = ANY(%(ids)s::uuid[]) AND obligation_open
-RETURNING obligation_receipt_id;
+WHERE tenant = %(tenant)s AND obligation_receipt_id = ANY(%(ids)s::uuid[]) AND obligation_open;
 
 -- obligations_closed_by --
 -- Which of the given obligations a receipt closed (for an idempotent replay).

@@ -15,14 +15,18 @@ SELECT * FROM tasks WHERE tenant = :tenant AND idempotency_key = :idempotency_ke
 -- One task of a tenant.
 SELECT * FROM tasks WHERE tenant = :tenant AND task_id = :task_id;
 
--- lock_task --
--- One task, locked for the rest of the transaction (SQLite: the write lock is already held),
--- with which of the receipt's parents exist in the tenant.
+-- lock_receipt_tasks --
+-- The tasks that receipts write to or whose obligations they name (the write lock is already
+-- held), each row also carrying which of the named parents exist in the tenant.
 SELECT t.*,
        (SELECT json_group_array(p.receipt_id) FROM receipts p
         WHERE p.tenant = :tenant
           AND p.receipt_id IN (SELECT value FROM json_each(:ids))) AS found_parent_ids
-FROM tasks t WHERE t.tenant = :tenant AND t.task_id = :task_id;
+FROM tasks t
+WHERE t.tenant = :tenant
+  AND (t.task_id IN (SELECT value FROM json_each(:task_ids))
+       OR t.obligation_receipt_id IN (SELECT value FROM json_each(:ids)))
+ORDER BY t.task_id;
 
 -- list_tasks --
 -- A page of tasks in (created_at, task_id) order; state is the lazily evaluated state.
@@ -137,12 +141,11 @@ SET state = :state,
 WHERE tenant = :tenant AND task_id = :task_id;
 
 -- close_obligations --
--- Close the still-open obligations among the given receipt ids; returns those it closed.
+-- Close the given obligations (their rows are locked; still-open ones only, for safety).
 UPDATE tasks
 SET obligation_open = 0, obligation_closed_by = :closed_by, updated_at = :now
 WHERE tenant = :tenant AND obligation_open = 1
-  AND obligation_receipt_id IN (SELECT value FROM json_each(:ids))
-RETURNING obligation_receipt_id;
+  AND obligation_receipt_id IN (SELECT value FROM json_each(:ids));
 
 -- obligations_closed_by --
 -- Which of the given obligations a receipt closed (for an idempotent replay).
