@@ -144,6 +144,32 @@ def tenants(tmp_path: Path) -> Tenants:
     return Tenants(tmp_path)
 
 
+def app_settings(database_url: str, tenants: Tenants, **overrides: str) -> Settings:
+    """Settings for a test app: the tenants' keys file, no rate limit unless asked for."""
+    env = {
+        "ASYNCGATE_ENV": "test",
+        "ASYNCGATE_DATABASE_URL": database_url,
+        "ASYNCGATE_API_KEYS_FILE": str(tenants.path),
+        "ASYNCGATE_RATE_LIMIT_ACTIVE": "false",
+        **{f"ASYNCGATE_{name}": value for name, value in overrides.items()},
+    }
+    return Settings.from_env(env)
+
+
+def follow_pages(client: Client, url: str) -> list[dict[str, Any]]:
+    """Every item of a listing, following its Link rel="next" until it ends."""
+    items: list[dict[str, Any]] = []
+    while url:
+        page = client.get(url)
+        assert page.status_code == 200, page.text
+        items += page.json
+        link = page.headers.get("link")
+        if link:
+            assert link.endswith('rel="next"')
+        url = link[1 : link.index(">")] if link else None
+    return items
+
+
 AppFactory = Callable[..., Client]
 
 
@@ -153,14 +179,7 @@ def make_client(database_url: str, tenants: Tenants) -> Iterator[AppFactory]:
     opened: list[falcon.testing.ASGIConductor] = []
 
     def factory(**overrides: str) -> Client:
-        env = {
-            "ASYNCGATE_ENV": "test",
-            "ASYNCGATE_DATABASE_URL": database_url,
-            "ASYNCGATE_API_KEYS_FILE": str(tenants.path),
-            "ASYNCGATE_RATE_LIMIT_ACTIVE": "false",
-            **{f"ASYNCGATE_{name}": value for name, value in overrides.items()},
-        }
-        app = create_app(Settings.from_env(env))
+        app = create_app(app_settings(database_url, tenants, **overrides))
         conductor = falcon.testing.ASGIConductor(app)
         async_to_sync(conductor.__aenter__)
         opened.append(conductor)

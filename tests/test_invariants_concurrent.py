@@ -25,12 +25,11 @@ from typing import Any
 
 import falcon.testing
 import pytest
-from conftest import Tenants
+from conftest import Tenants, app_settings
 from realprocs import query
 from test_invariants import closes
 
 from asyncgate.app import create_app
-from asyncgate.settings import Settings
 
 SECONDS = 4.0
 WORKERS = 8
@@ -205,14 +204,8 @@ async def all_pages(world: World, path: str, id_field: str) -> list[dict[str, An
 async def test_ledger_invariants_hold_under_concurrent_clients(
     database_url: str, tenants: Tenants, tmp_path: Path
 ) -> None:
-    env = {
-        "ASYNCGATE_ENV": "test",
-        "ASYNCGATE_DATABASE_URL": database_url,
-        "ASYNCGATE_API_KEYS_FILE": str(tenants.path),
-        "ASYNCGATE_RATE_LIMIT_ACTIVE": "false",
-    }
     tenant = tenants.tenant["a"]
-    async with falcon.testing.ASGIConductor(create_app(Settings.from_env(env))) as app:
+    async with falcon.testing.ASGIConductor(create_app(app_settings(database_url, tenants))) as app:
         world = World(app, tenants.keys["a"])
         world.deadline = time.monotonic() + SECONDS
         views: list[tuple[dict[str, int], set[tuple[str, int]]]] = [

@@ -8,21 +8,9 @@ import time
 
 import falcon.testing
 import pytest
+from conftest import app_settings
 
 from asyncgate.app import create_app
-from asyncgate.settings import Settings
-
-
-def settings_for(database_url: str, tenants, **extra: str) -> Settings:
-    return Settings.from_env(
-        {
-            "ASYNCGATE_ENV": "test",
-            "ASYNCGATE_DATABASE_URL": database_url,
-            "ASYNCGATE_API_KEYS_FILE": str(tenants.path),
-            "ASYNCGATE_RATE_LIMIT_ACTIVE": "false",
-            **extra,
-        }
-    )
 
 
 def headers(tenants) -> dict[str, str]:
@@ -33,8 +21,8 @@ def test_a_waiting_claim_wakes_when_a_task_is_created(database_url, tenants):
     """Two app instances on one database: the task is created through the other one."""
 
     async def scenario() -> tuple[float, list]:
-        waiter_app = create_app(settings_for(database_url, tenants))
-        creator_app = create_app(settings_for(database_url, tenants))
+        waiter_app = create_app(app_settings(database_url, tenants))
+        creator_app = create_app(app_settings(database_url, tenants))
         async with (
             falcon.testing.ASGIConductor(waiter_app) as waiter,
             falcon.testing.ASGIConductor(creator_app) as creator,
@@ -61,7 +49,7 @@ def test_a_waiting_claim_wakes_when_a_task_is_created(database_url, tenants):
 
 def test_many_waiters_do_not_exhaust_the_pool(database_url, tenants):
     async def scenario() -> tuple[list[int], float, int]:
-        app = create_app(settings_for(database_url, tenants, DB_POOL_MAX_SIZE="2"))
+        app = create_app(app_settings(database_url, tenants, DB_POOL_MAX_SIZE="2"))
         async with falcon.testing.ASGIConductor(app) as conductor:
             waiters = [
                 asyncio.create_task(

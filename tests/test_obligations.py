@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from conftest import follow_pages
+
 
 def close(client, task):
     client.receipt(
@@ -50,12 +52,7 @@ def test_streamed_dump_of_many_obligations_is_one_valid_array(client):
 
 def test_keyset_pages_cover_the_dump_exactly(client):
     tasks = [client.create_task() for _ in range(5)]
-    seen, url = [], "/v1/obligations/open?limit=2"
-    while url:
-        page = client.get(url)
-        seen += [o["receipt_id"] for o in page.json]
-        link = page.headers.get("link")
-        url = link[1 : link.index(">")] if link else None
+    seen = [o["receipt_id"] for o in follow_pages(client, "/v1/obligations/open?limit=2")]
     assert seen == [t["obligation_receipt_id"] for t in tasks]
     after = client.get(f"/v1/obligations/open?after={tasks[2]['obligation_receipt_id']}").json
     assert [o["receipt_id"] for o in after] == [t["obligation_receipt_id"] for t in tasks[3:]]

@@ -6,6 +6,7 @@ import time
 import uuid
 
 import pytest
+from conftest import follow_pages
 
 ARTIFACT = {"uri": "s3://results/1.json", "media_type": "application/json", "size_bytes": 12}
 
@@ -428,15 +429,7 @@ def test_ledger_pagination_follows_link_next(client):
     task = client.create_task()
     for _ in range(4):
         client.receipt(type="task.failure", task_id=task["task_id"])
-    seen, url = [], "/v1/receipts?limit=2"
-    while url:
-        page = client.get(url)
-        assert page.status_code == 200
-        seen += [r["receipt_id"] for r in page.json]
-        link = page.headers.get("link")
-        url = link[1 : link.index(">")] if link else None
-        if link:
-            assert link.endswith('rel="next"')
+    seen = [r["receipt_id"] for r in follow_pages(client, "/v1/receipts?limit=2")]
     assert len(seen) == 5 and len(set(seen)) == 5
     everything = client.get("/v1/receipts").json
     assert [r["receipt_id"] for r in everything] == seen

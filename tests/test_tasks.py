@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from conftest import follow_pages
+
 
 def ledger_of(client, task_id):
     return client.get(f"/v1/receipts?task_id={task_id}").json
@@ -111,13 +113,7 @@ def test_get_unknown_task_is_404(client):
 
 def test_list_pages_with_link_next_until_exhausted(client):
     created = [client.create_task(type=f"t{i}")["task_id"] for i in range(5)]
-    seen, url = [], "/v1/tasks?limit=2"
-    while url:
-        page = client.get(url)
-        assert page.status_code == 200
-        seen += [t["task_id"] for t in page.json]
-        link = page.headers.get("link")
-        url = link[1 : link.index(">")] if link else None
+    seen = [t["task_id"] for t in follow_pages(client, "/v1/tasks?limit=2")]
     assert seen == created
 
 
