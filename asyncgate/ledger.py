@@ -332,11 +332,16 @@ class Ledger:
 
             async def work(tx: Tx, now: datetime) -> int:
                 victims = await tx.all("prunable_tasks", cutoff=cutoff, limit=chunk)
+                by_tenant: dict[str, list[str]] = {}
                 for victim in victims:
-                    params = {**victim, "cutoff": cutoff}
+                    by_tenant.setdefault(victim["tenant"], []).append(victim["task_id"])
+                # Three set-based deletes per tenant keep each transaction (and SQLite's
+                # write lock) short, so writers beside prune hardly wait.
+                for tenant, task_ids in by_tenant.items():
+                    params = {"tenant": tenant, "task_ids": task_ids, "cutoff": cutoff}
                     await tx.run("prune_receipts", **params)
                     await tx.run("prune_leases", **params)
-                    await tx.run("prune_task", **params)
+                    await tx.run("prune_tasks", **params)
                 return len(victims)
 
             count = await self._in_transaction(work)

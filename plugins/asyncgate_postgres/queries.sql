@@ -219,23 +219,25 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
 -- prune_receipts --
--- Delete the receipts of one prunable task (re-checked: its obligation must still be closed).
+-- Delete the receipts of a tenant's prunable tasks (re-checked: obligation closed, task idle).
 DELETE FROM receipts
-WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid
-  AND EXISTS (SELECT 1 FROM tasks t WHERE t.tenant = %(tenant)s AND t.task_id = %(task_id)s::uuid
-              AND NOT t.obligation_open AND t.updated_at < %(cutoff)s);
+WHERE tenant = %(tenant)s AND task_id IN (
+    SELECT t.task_id FROM tasks t
+    WHERE t.tenant = %(tenant)s AND t.task_id = ANY(%(task_ids)s::uuid[])
+      AND NOT t.obligation_open AND t.updated_at < %(cutoff)s);
 
 -- prune_leases --
--- Delete the lease records of one pruned task.
+-- Delete the lease records of a tenant's prunable tasks.
 DELETE FROM leases
-WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid
-  AND EXISTS (SELECT 1 FROM tasks t WHERE t.tenant = %(tenant)s AND t.task_id = %(task_id)s::uuid
-              AND NOT t.obligation_open AND t.updated_at < %(cutoff)s);
+WHERE tenant = %(tenant)s AND task_id IN (
+    SELECT t.task_id FROM tasks t
+    WHERE t.tenant = %(tenant)s AND t.task_id = ANY(%(task_ids)s::uuid[])
+      AND NOT t.obligation_open AND t.updated_at < %(cutoff)s);
 
--- prune_task --
--- Delete one pruned task.
+-- prune_tasks --
+-- Delete a tenant's prunable tasks.
 DELETE FROM tasks
-WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid
+WHERE tenant = %(tenant)s AND task_id = ANY(%(task_ids)s::uuid[])
   AND NOT obligation_open AND updated_at < %(cutoff)s;
 
 -- count_tasks --

@@ -196,23 +196,26 @@ WHERE obligation_open = 0 AND updated_at < :cutoff
 LIMIT :limit;
 
 -- prune_receipts --
--- Delete the receipts of one prunable task (re-checked: its obligation must still be closed).
+-- Delete the receipts of a tenant's prunable tasks (re-checked: obligation closed, task idle).
 DELETE FROM receipts
-WHERE tenant = :tenant AND task_id = :task_id
-  AND EXISTS (SELECT 1 FROM tasks t WHERE t.tenant = :tenant AND t.task_id = :task_id
-              AND t.obligation_open = 0 AND t.updated_at < :cutoff);
+WHERE tenant = :tenant AND task_id IN (
+    SELECT t.task_id FROM tasks t
+    WHERE t.tenant = :tenant AND t.task_id IN (SELECT value FROM json_each(:task_ids))
+      AND t.obligation_open = 0 AND t.updated_at < :cutoff);
 
 -- prune_leases --
--- Delete the lease records of one pruned task.
+-- Delete the lease records of a tenant's prunable tasks.
 DELETE FROM leases
-WHERE tenant = :tenant AND task_id = :task_id
-  AND EXISTS (SELECT 1 FROM tasks t WHERE t.tenant = :tenant AND t.task_id = :task_id
-              AND t.obligation_open = 0 AND t.updated_at < :cutoff);
+WHERE tenant = :tenant AND task_id IN (
+    SELECT t.task_id FROM tasks t
+    WHERE t.tenant = :tenant AND t.task_id IN (SELECT value FROM json_each(:task_ids))
+      AND t.obligation_open = 0 AND t.updated_at < :cutoff);
 
--- prune_task --
--- Delete one pruned task.
+-- prune_tasks --
+-- Delete a tenant's prunable tasks.
 DELETE FROM tasks
-WHERE tenant = :tenant AND task_id = :task_id AND obligation_open = 0 AND updated_at < :cutoff;
+WHERE tenant = :tenant AND task_id IN (SELECT value FROM json_each(:task_ids))
+  AND obligation_open = 0 AND updated_at < :cutoff;
 
 -- count_tasks --
 -- Used by /v1/health to prove the database answers.
