@@ -69,6 +69,17 @@ def pg_database() -> Iterator[str]:
 
 
 @pytest.fixture(params=DIALECTS)
+def private_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of this test alone, for checks that look across every tenant."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'private.db'}"
+        return
+    name = create_pg_database("asyncgate_private")
+    yield pg_url(name)
+    drop_pg_database(name)
+
+
+@pytest.fixture(params=DIALECTS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'asyncgate.db'}"

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import DIALECTS, Tenants, create_pg_database, drop_pg_database, pg_url
+from conftest import Tenants
 from load import CLIENT_TIMEOUT, Load, Outcome
 from realprocs import AsyncGateServer, PrivateCluster, PrivateRedis, query, wait_for
 
@@ -186,16 +186,6 @@ def test_postgres_restart_under_load_answers_503_then_recovers_losing_nothing(
 
 
 # AsyncGate killed with SIGKILL mid-write -----------------------------------------------
-
-
-@pytest.fixture(params=DIALECTS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'crash.db'}"
-        return
-    name = create_pg_database("asyncgate_crash")
-    yield pg_url(name)
-    drop_pg_database(name)
 
 
 class SQL:
@@ -366,9 +356,9 @@ def storm_step(acked: Ledger):
 
 
 def test_sigkill_mid_write_storm_leaves_nothing_half_written(
-    store: str, tenants: Tenants, tmp_path: Path
+    private_database_url: str, tenants: Tenants, tmp_path: Path
 ) -> None:
-    env = server_env(store, tenants)
+    env = server_env(private_database_url, tenants)
     acked = Ledger()
     server = AsyncGateServer(env, tmp_path / "uvicorn.log")
     with server:
@@ -394,10 +384,11 @@ def test_sigkill_mid_write_storm_leaves_nothing_half_written(
         write = httpx.post(f"{again.url}/v1/tasks", json={"type": "after"}, headers=auth)
         assert write.status_code == 201, write.text
 
-    assert_every_acknowledged_write_is_stored(store, acked)
-    assert consistency_violations(store) == {}
+    assert_every_acknowledged_write_is_stored(private_database_url, acked)
+    assert consistency_violations(private_database_url) == {}
     batches = query(
-        store, f"SELECT count(DISTINCT {SQL(store).field('payload', 'batch')}) FROM tasks"
+        private_database_url,
+        f"SELECT count(DISTINCT {SQL(private_database_url).field('payload', 'batch')}) FROM tasks",
     )
     assert batches[0][0] > 0, "no task batch was committed: the storm proved nothing"
 

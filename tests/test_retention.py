@@ -15,14 +15,13 @@ import os
 import random
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import falcon.testing
 import pytest
-from conftest import DIALECTS, Tenants, create_pg_database, drop_pg_database, pg_url
+from conftest import Tenants
 from realprocs import query
 from test_faults import consistency_violations
 
@@ -130,24 +129,13 @@ async def writers_until(
     return touched
 
 
-@pytest.fixture(params=DIALECTS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of this test alone: prune and the checks below see every tenant."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'retention.db'}"
-        return
-    name = create_pg_database("asyncgate_retention")
-    yield pg_url(name)
-    drop_pg_database(name)
-
-
 @pytest.mark.anyio
 async def test_prune_beside_writers_removes_only_closed_idle_tasks_whole(
-    database_url: str, tenants: Tenants, monkeypatch: pytest.MonkeyPatch
+    private_database_url: str, tenants: Tenants, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = {
         "ASYNCGATE_ENV": "test",
-        "ASYNCGATE_DATABASE_URL": database_url,
+        "ASYNCGATE_DATABASE_URL": private_database_url,
         "ASYNCGATE_API_KEYS_FILE": str(tenants.path),
         "ASYNCGATE_RATE_LIMIT_ACTIVE": "false",
     }
@@ -157,7 +145,7 @@ async def test_prune_beside_writers_removes_only_closed_idle_tasks_whole(
         monkeypatch.setattr(ledger_module, "utcnow", lambda: utcnow() - timedelta(days=40))
         closed, old_open = await write_history(client)
         monkeypatch.setattr(ledger_module, "utcnow", utcnow)
-        before = receipts_by_task(database_url, tenant)
+        before = receipts_by_task(private_database_url, tenant)
 
         # Old closed tasks with recent activity are not idle: prune must leave them whole.
         recent, racing = closed[:100], closed[100:]
@@ -184,8 +172,8 @@ async def test_prune_beside_writers_removes_only_closed_idle_tasks_whole(
         touched = await writers | {task["task_id"] for task in recent}
     assert prune.returncode == 0, err.decode()
 
-    after = receipts_by_task(database_url, tenant)
-    task_rows = dict(query(database_url, "SELECT task_id, obligation_open FROM tasks"))
+    after = receipts_by_task(private_database_url, tenant)
+    task_rows = dict(query(private_database_url, "SELECT task_id, obligation_open FROM tasks"))
     task_rows = {str(k): bool(v) for k, v in task_rows.items()}
     # No open obligation was removed, nor any receipt of its task: not of the old open
     # tasks (open when prune began), nor of any task open now, nor of any new task.
@@ -200,9 +188,9 @@ async def test_prune_beside_writers_removes_only_closed_idle_tasks_whole(
     for task_id in touched:
         assert task_id in task_rows and client.acked[task_id] <= after[task_id]
     assert not [t for t in untouched if t in task_rows or t in after], "not pruned whole"
-    leases_left = query(database_url, "SELECT DISTINCT task_id FROM leases")
+    leases_left = query(private_database_url, "SELECT DISTINCT task_id FROM leases")
     assert not {str(row[0]) for row in leases_left} - set(task_rows), "lease of a pruned task"
-    assert consistency_violations(database_url) == {}
+    assert consistency_violations(private_database_url) == {}
     assert int(out.decode().split()[1]) >= len(untouched)  # "pruned N tasks with ..."
     assert touched and untouched, "the race was never run"
 

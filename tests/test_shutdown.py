@@ -12,27 +12,15 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import orjson
-import pytest
-from conftest import DIALECTS, Tenants, create_pg_database, drop_pg_database, pg_url
+from conftest import Tenants
 from realprocs import HOST, AsyncGateServer, query
 
 LONG_POLLS = 4
 WRITERS = 3
-
-
-@pytest.fixture(params=DIALECTS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shutdown.db'}"
-        return
-    name = create_pg_database("asyncgate_shutdown")
-    yield pg_url(name)
-    drop_pg_database(name)
 
 
 def trickle_start(port: int, key: str, body: bytes) -> socket.socket:
@@ -55,10 +43,14 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
 
 
 def test_sigterm_drains_in_flight_requests_and_answers_long_polls_at_once(
-    store: str, tenants: Tenants, tmp_path: Path
+    private_database_url: str, tenants: Tenants, tmp_path: Path
 ) -> None:
     app_name = f"asyncgate_shutdown_{uuid.uuid4().hex[:8]}"
-    url = f"{store}?application_name={app_name}" if store.startswith("postgresql") else store
+    url = (
+        f"{private_database_url}?application_name={app_name}"
+        if private_database_url.startswith("postgresql")
+        else private_database_url
+    )
     env = {"ASYNCGATE_DATABASE_URL": url, "ASYNCGATE_API_KEYS_FILE": str(tenants.path)}
     env["ASYNCGATE_RATE_LIMIT_ACTIVE"] = "false"
     server = AsyncGateServer(env, tmp_path / "uvicorn.log")
@@ -134,15 +126,17 @@ def test_sigterm_drains_in_flight_requests_and_answers_long_polls_at_once(
     assert len(acknowledged) > 10
     for task in [*acknowledged, in_flight]:
         rows = query(
-            store,
+            private_database_url,
             "SELECT r.type FROM tasks t JOIN receipts r ON r.tenant = t.tenant"
             " AND r.receipt_id = t.obligation_receipt_id WHERE t.task_id = %s",
             (task["task_id"],),
         )
         assert rows == [("task.assigned",)], task
-    if store.startswith("postgresql"):
+    if private_database_url.startswith("postgresql"):
         # The pool was closed: no connection of this instance outlives it.
         left = query(
-            store, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app_name,)
+            private_database_url,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            (app_name,),
         )
         assert left == [(0,)]
