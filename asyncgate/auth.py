@@ -14,27 +14,29 @@ PUBLIC_PATHS = frozenset({"/v1/health"})
 DEV_IDENTITY = Identity("default", "service:dev")
 
 
+# Keys are bucketed by this many leading bytes of their digest; the full digest is then
+# compared in constant time. Bucket lookup timing can reveal only a digest prefix.
+BUCKET_BYTES = 4
+
+
 class KeyRing:
     """Known keys by SHA-256 digest. Keys themselves are never held."""
 
     def __init__(self, settings: Settings) -> None:
-        self._by_digest = {bytes.fromhex(k): v for k, v in settings.keys.items()}
+        self._buckets: dict[bytes, list[tuple[bytes, Identity]]] = {}
+        for digest_hex, identity in settings.keys.items():
+            digest = bytes.fromhex(digest_hex)
+            self._buckets.setdefault(digest[:BUCKET_BYTES], []).append((digest, identity))
         self._insecure_dev = settings.insecure_dev
 
     def identify(self, presented: str | None) -> tuple[Identity | None, str | None]:
-        """(identity, key digest hex) for a presented key; identity is None if it is unknown.
-
-        The dictionary is keyed by SHA-256 digests, so lookup timing can reveal at most a
-        digest prefix, which says nothing about any key; the match itself is confirmed with
-        ``hmac.compare_digest``.
-        """
+        """(identity, key digest hex) for a presented key; identity is None if it is unknown."""
         if presented is None:
             return (DEV_IDENTITY, None) if self._insecure_dev else (None, None)
         digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
-        identity = self._by_digest.get(digest)
-        stored = digest if identity is not None else bytes(32)
-        if identity is not None and hmac.compare_digest(stored, digest):
-            return identity, digest.hex()
+        for stored, identity in self._buckets.get(digest[:BUCKET_BYTES], ()):
+            if hmac.compare_digest(stored, digest):
+                return identity, digest.hex()
         if self._insecure_dev:
             return DEV_IDENTITY, digest.hex()
         return None, digest.hex()
