@@ -38,6 +38,7 @@ from scenarios import (  # noqa: E402  (bench/ is not a package)
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+PHASES = ("ingest", "cycles", "batched", "claims", "bootstrap")
 TENANTS = ("ingest", "cycles", "batched", "boot", "bootlarge", "bootbig", "claims")
 
 
@@ -96,6 +97,15 @@ def start_server(ctx: Context, workers: int, keys_file: Path) -> subprocess.Pope
     raise SystemExit("bench: the server did not start within 30 s")
 
 
+def start_profiler(pid: int, output: str) -> subprocess.Popen:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        raise SystemExit("bench: --profile needs py-spy (pip install py-spy)")
+    command = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--output", output,
+               "--rate", "250", "--subprocesses"]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
@@ -103,13 +113,26 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per timed phase")
     parser.add_argument(
+        "--only",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run beside the floor (default all: {','.join(PHASES)})",
+    )
+    parser.add_argument(
         "--pg-admin-url",
         default=os.environ.get(
             "BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
         ),
         help="a database to create the throwaway bench database from",
     )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="record the server with py-spy into FILE (collapsed stacks; needs py-spy)",
+    )
     args = parser.parse_args()
+    phases = set(args.only.split(","))
+    if unknown := phases - set(PHASES):
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
     if args.quick:
         args.duration = min(args.duration, 1.5)
 
@@ -135,12 +158,17 @@ def main() -> int:
         workdir=workdir,
         log=log,
     )
-    server = None
+    server = profiler = None
     try:
         server = start_server(ctx, args.workers, keys_file)
         ctx.server_pid = server.pid
-        rows = asyncio.run(run_all(ctx))
+        if args.profile:
+            profiler = start_profiler(server.pid, args.profile)
+        rows = asyncio.run(run_all(ctx, phases))
     finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=60)
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
@@ -151,69 +179,86 @@ def main() -> int:
     return 0
 
 
-async def run_all(ctx: Context) -> list[tuple[str, str, str]]:
+async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     ctx.log("floor: bare psycopg async single-row INSERTs")
     floor_rate = await floor(ctx)
     rows.append(("floor: psycopg INSERTs/s", f"{floor_rate:,.0f}", "1.00 (reference)"))
 
-    ctx.log("1. receipt ingest (task.progress under a lease) with wrk")
-    ingest_rate, ingest_errors = await ingest(ctx)
-    ratio = ingest_rate / floor_rate
-    rows.append((
-        "1. receipt ingest/s",
-        f"{ingest_rate:,.0f} ({ingest_errors} non-2xx)",
-        f"{ratio:.2f} x floor; goal >= 0.6: {'met' if ratio >= 0.6 else 'NOT met'}",
-    ))  # fmt: skip
+    ingest_rate = single = None
+    if "ingest" in phases:
+        ctx.log("1. receipt ingest (task.progress under a lease) with wrk")
+        ingest_rate, ingest_errors = await ingest(ctx)
+        ratio = ingest_rate / floor_rate
+        rows.append(cpu_row(ctx, "ingest", "1. server CPU per receipt"))
+        rows.insert(-1, (
+            "1. receipt ingest/s",
+            f"{ingest_rate:,.0f} ({ingest_errors} non-2xx)",
+            f"{ratio:.2f} x floor; goal >= 0.6: {'met' if ratio >= 0.6 else 'NOT met'}",
+        ))  # fmt: skip
 
-    ctx.log("2. life cycles, one request each")
-    single = await life_cycles(ctx, batched=False)
-    ctx.log("2. life cycles through the batch endpoints")
-    batched = await life_cycles(ctx, batched=True)
-    vs_ingest = single / ingest_rate
-    rows.append((
-        "2. life cycles/s, unbatched",
-        f"{single:,.0f}",
-        f"{single / floor_rate:.2f} x floor; {vs_ingest:.2f} x ingest; "
-        f"goal >= 0.25 x ingest: {'met' if vs_ingest >= 0.25 else 'NOT met'}",
-    ))  # fmt: skip
-    rows.append((
-        "2. life cycles/s, batched (100)",
-        f"{batched:,.0f}",
-        f"{batched / floor_rate:.2f} x floor; {batched / single:.1f} x unbatched; "
-        f"goal >= 5x: {'met' if batched >= 5 * single else 'NOT met'}",
-    ))  # fmt: skip
+    if "cycles" in phases:
+        ctx.log("2. life cycles, one request each")
+        single = await life_cycles(ctx, batched=False)
+        verdict = f"{single / floor_rate:.2f} x floor"
+        if ingest_rate:
+            vs_ingest = single / ingest_rate
+            verdict += (
+                f"; {vs_ingest:.2f} x ingest; "
+                f"goal >= 0.25 x ingest: {'met' if vs_ingest >= 0.25 else 'NOT met'}"
+            )
+        rows.append(("2. life cycles/s, unbatched", f"{single:,.0f}", verdict))
+        rows.append(cpu_row(ctx, "cycles", "2. server CPU per life cycle, unbatched"))
+    if "batched" in phases:
+        ctx.log("2. life cycles through the batch endpoints")
+        batched = await life_cycles(ctx, batched=True)
+        verdict = f"{batched / floor_rate:.2f} x floor"
+        if single:
+            verdict += (
+                f"; {batched / single:.1f} x unbatched; "
+                f"goal >= 5x: {'met' if batched >= 5 * single else 'NOT met'}"
+            )
+        rows.append(("2. life cycles/s, batched (100)", f"{batched:,.0f}", verdict))
+        rows.append(cpu_row(ctx, "batched", "2. server CPU per life cycle, batched"))
 
-    ctx.log("4. contended claims")
-    claims = await contended_claims(ctx)
-    rows.append((
-        f"4. claims/s, {ctx.connections} claimers over {claims['tasks']:,} tasks",
-        f"{claims['rate']:,.0f}",
-        f"{claims['rate'] / floor_rate:.2f} x floor; double leases: {claims['double_leases']}"
-        f" ({'met' if claims['double_leases'] == 0 else 'NOT met'})",
-    ))  # fmt: skip
-    # Last: its bulk seeding would otherwise leave vacuum work behind for the other phases.
-    ctx.log("3. bootstrap over a small and a large ledger")
-    boot = await bootstrap(ctx)
-    growth = boot["large_seconds"] / boot["small_seconds"]
-    rows.append((
-        f"3. bootstrap {boot['open']:,} open, ledger {boot['small_ledger']:,}",
-        f"{boot['small_seconds'] * 1000:,.0f} ms",
-        "1.00 (reference)",
-    ))  # fmt: skip
-    rows.append((
-        f"3. bootstrap {boot['open']:,} open, ledger {boot['large_ledger']:,}",
-        f"{boot['large_seconds'] * 1000:,.0f} ms",
-        f"{growth:.2f} x small ledger; goal <= 1.5: {'met' if growth <= 1.5 else 'NOT met'}",
-    ))  # fmt: skip
-    rows.append((
-        f"3. server RSS streaming {boot['big_open']:,} open",
-        f"+{boot['big_rss_growth_mib']:.1f} MiB",
-        f"vs +{boot['small_rss_growth_mib']:.1f} MiB for {boot['open']:,} "
-        f"(baseline {boot['baseline_rss_mib']:.0f} MiB)",
-    ))  # fmt: skip
+    if "claims" in phases:
+        ctx.log("4. contended claims")
+        claims = await contended_claims(ctx)
+        rows.append((
+            f"4. claims/s, {ctx.connections} claimers over {claims['tasks']:,} tasks",
+            f"{claims['rate']:,.0f}",
+            f"{claims['rate'] / floor_rate:.2f} x floor; double leases: {claims['double_leases']}"
+            f" ({'met' if claims['double_leases'] == 0 else 'NOT met'})",
+        ))  # fmt: skip
+    if "bootstrap" in phases:
+        # Last: its bulk seeding would otherwise leave vacuum work behind for the other phases.
+        ctx.log("3. bootstrap over a small and a large ledger")
+        boot = await bootstrap(ctx)
+        growth = boot["large_seconds"] / boot["small_seconds"]
+        rows.append((
+            f"3. bootstrap {boot['open']:,} open, ledger {boot['small_ledger']:,}",
+            f"{boot['small_seconds'] * 1000:,.0f} ms",
+            "1.00 (reference)",
+        ))  # fmt: skip
+        rows.append((
+            f"3. bootstrap {boot['open']:,} open, ledger {boot['large_ledger']:,}",
+            f"{boot['large_seconds'] * 1000:,.0f} ms",
+            f"{growth:.2f} x small ledger; goal <= 1.5: {'met' if growth <= 1.5 else 'NOT met'}",
+        ))  # fmt: skip
+        rows.append((
+            f"3. server RSS streaming {boot['big_open']:,} open",
+            f"+{boot['big_rss_growth_mib']:.1f} MiB",
+            f"vs +{boot['small_rss_growth_mib']:.1f} MiB for {boot['open']:,} "
+            f"(baseline {boot['baseline_rss_mib']:.0f} MiB)",
+        ))  # fmt: skip
 
     return rows
+
+
+def cpu_row(ctx: Context, phase: str, label: str) -> tuple[str, str, str]:
+    """Server CPU per unit: unlike a rate, it hardly moves with what else the machine runs."""
+    micros = ctx.extra[f"{phase}_cpu_per_unit"] * 1e6
+    return (label, f"{micros:,.0f} us", "uvicorn process tree, user + system")
 
 
 def print_table(rows: list[tuple[str, str, str]], args: argparse.Namespace) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import statistics
 import subprocess
@@ -49,6 +50,7 @@ async def for_duration(
     connections = [await ctx.connect(tenant) for _ in range(ctx.connections)]
     deadline = time.perf_counter() + ctx.duration
     started = time.perf_counter()
+    cpu_before = cpu_seconds(ctx.server_pid)
 
     async def loop(conn: Connection) -> int:
         done = 0
@@ -58,6 +60,9 @@ async def for_duration(
 
     counts = await asyncio.gather(*(loop(conn) for conn in connections))
     elapsed = time.perf_counter() - started
+    ctx.extra[f"{tenant}_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - cpu_before) / max(
+        1, sum(counts)
+    )
     for conn in connections:
         await conn.close()
     return sum(counts) / elapsed
@@ -156,6 +161,7 @@ async def ingest(ctx: Context) -> tuple[float, int]:
     ]
     script = ctx.workdir / "ingest.lua"
     script.write_text(INGEST_LUA % (",".join(f"[[{b}]]" for b in bodies), ctx.keys["ingest"]))
+    cpu_before = cpu_seconds(ctx.server_pid)
     result = await asyncio.to_thread(
         subprocess.run,
         [
@@ -166,6 +172,8 @@ async def ingest(ctx: Context) -> tuple[float, int]:
     )  # fmt: skip
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout).group(1))
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", result.stdout)
+    total = int(re.search(r"(\d+) requests in", result.stdout).group(1))
+    ctx.extra["ingest_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - cpu_before) / max(1, total)
     return rate, int(errors.group(1)) if errors else 0
 
 
@@ -294,6 +302,16 @@ def _status_kib(pid: int, field_name: str) -> int:
         except OSError:
             continue
     return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU the server process tree has used so far."""
+    ticks = 0
+    for each in _process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:

@@ -1,0 +1,242 @@
+"""The app's own CPU per request, in process: no HTTP server, no load generator, no noise.
+
+    .venv/bin/python bench/inprocess.py                 # CPU microseconds per request
+    .venv/bin/python bench/inprocess.py --profile out   # and a cProfile dump per operation
+
+Drives the ASGI app directly, one request at a time, against a throwaway PostgreSQL database,
+and reports process CPU time (not wall time) per request for the hot operations: progress
+receipts, task creation, claims, success receipts, and the batch forms. The database's own
+CPU is in another process and is not counted. Use it to see what a change to the request
+path costs before running the full benchmark (bench/run.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from asyncgate.app import create_app  # noqa: E402
+from asyncgate.settings import Settings, hash_key  # noqa: E402
+
+ARTIFACT = [{"uri": "s3://bench/result.json", "media_type": "application/json"}]
+
+
+class Driver:
+    """Calls the ASGI app as a server would, with the least work of its own."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app = app
+        self.headers = [
+            (b"host", b"127.0.0.1"),
+            (b"authorization", f"Bearer {key}".encode()),
+            (b"content-type", b"application/json"),
+        ]
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        payload = b"" if body is None else orjson.dumps(body)
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": self.headers + [(b"content-length", str(len(payload)).encode())],
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8080),
+        }
+        sent = False
+        status = 0
+        chunks: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await asyncio.sleep(3600)
+            sent = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            else:
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, send)
+        return status, orjson.loads(b"".join(chunks)) if chunks else None
+
+
+async def lifespan(app: Any, phase: str) -> None:
+    messages = [{"type": f"lifespan.{phase}"}]
+    done = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await done.wait()
+        return {"type": "lifespan.shutdown"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"].endswith(("complete", "failed")):
+            done.set()
+
+    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send))
+    await done.wait()
+    if phase == "shutdown":
+        await task
+    else:
+        task.cancel()
+
+
+async def measure(
+    name: str, count: int, step: Callable[[int], Awaitable[None]], profile_dir: Path | None
+) -> float:
+    """CPU microseconds per call of ``step``, over ``count`` sequential calls."""
+    warm = min(50, count)
+    for i in range(warm):  # warm caches and prepared statements
+        await step(i)
+    profiler = cProfile.Profile(time.process_time) if profile_dir else None
+    started = time.process_time()
+    if profiler:
+        profiler.enable()
+    for i in range(warm, warm + count):
+        await step(i)
+    if profiler:
+        profiler.disable()
+    per_call = (time.process_time() - started) / count * 1e6
+    if profiler and profile_dir:
+        profiler.dump_stats(profile_dir / f"{name}.prof")
+    return per_call
+
+
+async def run(database_url: str, count: int, profile_dir: Path | None) -> list[tuple[str, float]]:
+    key = secrets.token_urlsafe(24)
+    keys_file = Path(tempfile.mkdtemp(prefix="asyncgate-inproc-")) / "keys"
+    keys_file.write_text(f"{hash_key(key)} bench service:bench\n")
+    settings = Settings.from_env(
+        {
+            "ASYNCGATE_ENV": "production",
+            "ASYNCGATE_DATABASE_URL": database_url,
+            "ASYNCGATE_API_KEYS_FILE": str(keys_file),
+            "ASYNCGATE_RATE_LIMIT_ACTIVE": "false",
+            "ASYNCGATE_LOG_LEVEL": "WARNING",
+        }
+    )
+    app = create_app(settings)
+    await lifespan(app, "startup")
+    client = Driver(app, key)
+    results: list[tuple[str, float]] = []
+
+    async def expect(status: int, method: str, path: str, body: Any = None) -> Any:
+        got, data = await client.request(method, path, body)
+        if got != status:
+            raise SystemExit(f"{method} {path}: {got} {data}")
+        return data
+
+    await expect(201, "POST", "/v1/tasks/batch", {"tasks": [{"type": "p"}] * 64})
+    grants = await expect(200, "POST", "/v1/leases", {"worker": "w:1", "max_tasks": 64})
+
+    async def progress(i: int) -> None:
+        grant = grants[i % len(grants)]
+        await expect(201, "POST", "/v1/receipts", {
+            "type": "task.progress", "task_id": grant["task"]["task_id"],
+            "lease_id": grant["lease_id"], "body": {"percent": 50},
+        })  # fmt: skip
+
+    results.append(("progress receipt", await measure("progress", count, progress, profile_dir)))
+
+    async def create(i: int) -> None:
+        await expect(201, "POST", "/v1/tasks", {"type": "cycle"})
+
+    results.append(("create task", await measure("create", count, create, profile_dir)))
+    claimed: list[dict[str, Any]] = []
+
+    async def claim(i: int) -> None:
+        claimed.extend(await expect(200, "POST", "/v1/leases", {"worker": "w:1", "types": ["cycle"]}))
+
+    results.append(("claim one task", await measure("claim", count, claim, profile_dir)))
+
+    async def success(i: int) -> None:
+        grant = claimed[i]
+        await expect(201, "POST", "/v1/receipts", {
+            "type": "task.success", "task_id": grant["task"]["task_id"],
+            "lease_id": grant["lease_id"],
+            "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
+            "artifacts": ARTIFACT,
+        })  # fmt: skip
+
+    results.append(("success receipt", await measure("success", count, success, profile_dir)))
+
+    batches = max(4, count // 100)
+
+    async def batched_cycle(i: int) -> None:
+        await expect(201, "POST", "/v1/tasks/batch", {"tasks": [{"type": "batched"}] * 100})
+        got = await expect(200, "POST", "/v1/leases", {
+            "worker": "w:1", "types": ["batched"], "max_tasks": 100,
+        })  # fmt: skip
+        await expect(201, "POST", "/v1/receipts/batch", {"receipts": [
+            {
+                "type": "task.success", "task_id": g["task"]["task_id"], "lease_id": g["lease_id"],
+                "parent_receipt_ids": [g["task"]["obligation_receipt_id"]], "artifacts": ARTIFACT,
+            }
+            for g in got
+        ]})  # fmt: skip
+
+    per_batch = await measure("batched", batches, batched_cycle, profile_dir)
+    results.append(("batched life cycle (per task)", per_batch / 100))
+    await lifespan(app, "shutdown")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=2000, help="requests per operation")
+    parser.add_argument("--profile", metavar="DIR", help="write a cProfile dump per operation")
+    parser.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get(
+            "BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    args = parser.parse_args()
+    profile_dir = Path(args.profile) if args.profile else None
+    if profile_dir:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    name = f"asyncgate_inproc_{os.getpid()}"
+    with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = args.pg_admin_url.rsplit("/", 1)[0] + "/" + name
+        results = uvloop.run(run(url, args.count, profile_dir))
+    finally:
+        with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for label, micros in results:
+        print(f"{label:32} {micros:8,.0f} us CPU per request")
+    if profile_dir:
+        print(f"profiles: {profile_dir}/<operation>.prof; read with python -m pstats")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
