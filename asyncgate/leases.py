@@ -80,7 +80,6 @@ async def claim_once(
                 "task": task_view(claimed, now),
             }
         )
-    await tx.many("grant_lease", grants)
-    await tx.many("insert_lease", grants)
+    await tx.many("grant_leases", grants)
     await tx.many("insert_receipt", anomalies)
     return granted, [receipt_view(row) for row in anomalies]

@@ -71,13 +71,16 @@ class Ledger:
         self, identity: Identity, specs: list[dict[str, Any]], batch: bool
     ) -> list[tuple[dict[str, Any], bool]]:
         """Create tasks with their obligations; returns (task, created) per spec, in order."""
+        keys = sorted({key for spec in specs if (key := spec.get("idempotency_key")) is not None})
 
         async def work(tx: Tx, now: datetime) -> list[tuple[dict[str, Any], bool]]:
+            known: dict[str, Row] = {}
+            if keys:
+                rows = await tx.all("tasks_by_idempotency_keys", tenant=identity.tenant, keys=keys)
+                known = {row["idempotency_key"]: row for row in rows}
             results: list[tuple[dict[str, Any], bool]] = []
             new_tasks: list[dict[str, Any]] = []
-            pending_keys: dict[str, dict[str, Any]] = {}
             for index, spec in enumerate(specs):
-                prefix = f"tasks.{index}." if batch else ""
                 content = {
                     "type": spec["type"],
                     "payload": spec["payload"],
@@ -86,19 +89,16 @@ class Ledger:
                 }
                 request_hash = fingerprint(content)
                 key = spec.get("idempotency_key")
-                if key is not None:
-                    existing = pending_keys.get(key) or await tx.one(
-                        "task_by_idempotency_key", tenant=identity.tenant, idempotency_key=key
-                    )
-                    if existing is not None:
-                        if existing["request_hash"] != request_hash:
-                            raise conflict(
-                                "idempotency_conflict",
-                                "idempotency_key was already used with a different body",
-                                f"{prefix}idempotency_key",
-                            )
-                        results.append((existing, False))
-                        continue
+                if key is not None and (existing := known.get(key)) is not None:
+                    if existing["request_hash"] != request_hash:
+                        prefix = f"tasks.{index}." if batch else ""
+                        raise conflict(
+                            "idempotency_conflict",
+                            "idempotency_key was already used with a different body",
+                            f"{prefix}idempotency_key",
+                        )
+                    results.append((existing, False))
+                    continue
                 task = {
                     **content,
                     "tenant": identity.tenant,
@@ -110,19 +110,23 @@ class Ledger:
                     "created_at": now,
                 }
                 if key is not None:
-                    pending_keys[key] = {**task, **_new_task_state(now)}
+                    known[key] = {**task, **_new_task_state(now)}
                 new_tasks.append(task)
                 results.append((task, True))
-            await tx.many("insert_task", new_tasks)
-            await tx.many("insert_receipt", [_obligation_row(task) for task in new_tasks])
-            if new_tasks:
-                await tx.run("notify_tasks", tenant=identity.tenant)
+            # Tasks, their obligation receipts and the wake-up hint: one statement on PostgreSQL.
+            await tx.many("insert_tasks", new_tasks)
             return [
                 (task_view({**task, **_new_task_state(now)} if created else task, now), created)
                 for task, created in results
             ]
 
-        results = await self._in_transaction(work)
+        if keys:
+            results = await self._in_transaction(work)
+        else:
+            # Without idempotency keys nothing is read and the write is one statement, which
+            # commits on its own: no transaction to open and close.
+            async with self.dialect.autocommit() as tx:
+                results = await work(tx, utcnow())
         created = sum(1 for _, was_created in results if was_created)
         if created:
             self.metrics.tasks_created.inc(created)
@@ -256,13 +260,15 @@ class Ledger:
             results = None if fast is None else [fast]
 
         async def work(tx: Tx, now: datetime) -> list[receipts.ReceiptResult]:
-            locked = await receipts.lock(tx, identity.tenant, specs)
-            return [
+            writes = await receipts.lock(tx, identity.tenant, specs)
+            results = [
                 await receipts.write(
-                    tx, identity, spec, now, locked, f"receipts.{i}." if batch else ""
+                    tx, identity, spec, now, writes, f"receipts.{i}." if batch else ""
                 )
                 for i, spec in enumerate(specs)
             ]
+            await receipts.flush(tx, writes)
+            return results
 
         if results is None:
             results = await self._in_transaction(work)

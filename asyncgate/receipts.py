@@ -27,6 +27,7 @@ class ReceiptResult:
     terminated: list[str]
     anomalies: list[dict[str, Any]] = field(default_factory=list)
     replayed: bool = False
+    content_hash: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -81,11 +82,7 @@ async def replay(
     tx: Tx, tenant: str, existing: Row, content_hash: str, prefix: str
 ) -> ReceiptResult:
     if existing["content_hash"] != content_hash:
-        raise conflict(
-            "idempotency_conflict",
-            "receipt_id was already used with different content; choose a new receipt_id",
-            f"{prefix}receipt_id",
-        )
+        raise _reused_receipt_id(prefix)
     closed = await tx.all(
         "obligations_closed_by",
         tenant=tenant,
@@ -150,28 +147,55 @@ async def append_under_lease(
 
 
 @dataclass
-class Locked:
-    """What a transaction of receipts holds: its task rows, locked, kept current as it writes.
+class WriteSet:
+    """One receipt transaction: the task rows it locked, and the writes it makes at its end.
 
     ``tasks`` holds the receipts' own tasks and the tasks whose obligations they name (the same
-    row objects are indexed both ways); ``known`` the receipt ids that exist in the tenant.
+    row objects are indexed both ways), kept current as receipts are written, so later receipts
+    of a batch see what earlier ones did; ``known`` holds the receipt ids that exist in the
+    tenant. The writes are gathered here and sent by ``flush``: a batch of any size costs the
+    same two statements.
     """
 
     tasks: dict[str, Row]
     by_obligation: dict[str, Row]
     known: set[str]
+    receipts: list[Row] = field(default_factory=list)
+    # One row per task touched (see the dialects' apply_receipt_effects query).
+    effects: dict[str, Row] = field(default_factory=dict)
+    # Receipts written in this transaction by id, for a replay later in the same batch.
+    written: dict[str, ReceiptResult] = field(default_factory=dict)
+
+    def effect(self, task: Row, now: datetime) -> Row:
+        return self.effects.setdefault(
+            task["task_id"],
+            {
+                "tenant": task["tenant"],
+                "task_id": task["task_id"],
+                "state": None,
+                "end_lease_id": None,
+                "closed_by": None,
+                "now": now,
+            },
+        )
 
 
-async def lock(tx: Tx, tenant: str, specs: list[dict[str, Any]]) -> Locked:
+async def lock(tx: Tx, tenant: str, specs: list[dict[str, Any]]) -> WriteSet:
     """Lock every task the receipts touch, and learn which parents exist: one query."""
     parent_ids = sorted({parent for spec in specs for parent in spec["parent_receipt_ids"]})
     task_ids = sorted({spec["task_id"] for spec in specs})
     rows = await tx.all("lock_receipt_tasks", tenant=tenant, task_ids=task_ids, ids=parent_ids)
-    return Locked(
+    return WriteSet(
         tasks={row["task_id"]: row for row in rows},
         by_obligation={row["obligation_receipt_id"]: row for row in rows},
         known=set(rows[0]["found_parent_ids"]) if rows else set(),
     )
+
+
+async def flush(tx: Tx, writes: WriteSet) -> None:
+    """Send what the transaction's receipts wrote: the receipts, then their effects on tasks."""
+    await tx.many("insert_receipt", writes.receipts)
+    await tx.many("apply_receipt_effects", list(writes.effects.values()))
 
 
 async def write(
@@ -179,25 +203,32 @@ async def write(
     identity: Identity,
     spec: dict[str, Any],
     now: datetime,
-    locked: Locked,
+    writes: WriteSet,
     prefix: str = "",
 ) -> ReceiptResult:
     """Append one client receipt and apply its effect, in the open transaction.
 
-    ``locked`` comes from ``lock`` over every receipt of the transaction, and is kept current
-    here, so receipts later in a batch see what earlier ones did.
+    ``writes`` comes from ``lock`` over every receipt of the transaction; what this receipt
+    writes joins it, to be sent by ``flush`` before the transaction commits.
     """
     tenant = identity.tenant
     rule = check_request(spec, prefix)
     content_hash = fingerprint(content_of(spec))
     receipt_id = spec.get("receipt_id") or new_id()
     if spec.get("receipt_id"):
+        earlier = writes.written.get(receipt_id)
+        if earlier is not None:
+            if earlier.content_hash != content_hash:
+                raise _reused_receipt_id(prefix)
+            return ReceiptResult(
+                earlier.receipt, earlier.terminated, earlier.anomalies, replayed=True
+            )
         existing = await tx.one("get_receipt", tenant=tenant, receipt_id=receipt_id)
         if existing is not None:
             return await replay(tx, tenant, existing, content_hash, prefix)
 
     parent_ids = spec["parent_receipt_ids"]
-    task = locked.tasks.get(spec["task_id"])
+    task = writes.tasks.get(spec["task_id"])
     if task is None:
         raise not_found(f"task {spec['task_id']}", f"{prefix}task_id")
     if rule.requires_lease and task["state"] in termination.TERMINAL_STATES:
@@ -210,7 +241,7 @@ async def write(
     if lease_id:
         await _fence(tx, tenant, task, lease_id, now, prefix)
 
-    missing = set(parent_ids) - locked.known
+    missing = set(parent_ids) - writes.known
     if missing:
         raise invalid(
             f"{prefix}parent_receipt_ids",
@@ -254,22 +285,15 @@ async def write(
                 now + timedelta(microseconds=1),
             )
         )
-    await tx.many("insert_receipt", rows)
-    locked.known.update(row["receipt_id"] for row in rows)
+    writes.receipts.extend(rows)
+    writes.known.update(row["receipt_id"] for row in rows)
 
     if rule.next_state:
         new_state = termination.next_state(rule, task["state"])
-        ends_lease = new_state in termination.TERMINAL_STATES and task["lease_id"] is not None
-        await tx.run(
-            "update_task_after_receipt",
-            tenant=tenant,
-            task_id=task["task_id"],
-            state=new_state,
-            end_lease=ends_lease,
-            now=now,
-        )
-        if ends_lease:
-            await tx.run("end_lease_record", tenant=tenant, lease_id=task["lease_id"], now=now)
+        effect = writes.effect(task, now)
+        effect["state"] = new_state
+        if new_state in termination.TERMINAL_STATES and task["lease_id"] is not None:
+            effect["end_lease_id"] = task["lease_id"]
             task.update(lease_id=None, lease_worker=None, lease_expires_at=None)
         task["state"] = new_state
     terminated: list[str] = []
@@ -278,15 +302,26 @@ async def write(
         terminated = sorted(
             obligation
             for obligation in set(parent_ids)
-            if (owner := locked.by_obligation.get(obligation)) and owner["obligation_open"]
+            if (owner := writes.by_obligation.get(obligation)) and owner["obligation_open"]
         )
-        if terminated:
-            await tx.run(
-                "close_obligations", tenant=tenant, ids=terminated, closed_by=receipt_id, now=now
-            )
-            for obligation in terminated:
-                locked.by_obligation[obligation]["obligation_open"] = False
-    return ReceiptResult(receipt_view(receipt), terminated, [receipt_view(row) for row in rows[1:]])
+        for obligation in terminated:
+            owner = writes.by_obligation[obligation]
+            writes.effect(owner, now)["closed_by"] = receipt_id
+            owner["obligation_open"] = False
+    result = ReceiptResult(
+        receipt_view(receipt), terminated, [receipt_view(row) for row in rows[1:]]
+    )
+    result.content_hash = content_hash
+    writes.written[receipt_id] = result
+    return result
+
+
+def _reused_receipt_id(prefix: str) -> Exception:
+    return conflict(
+        "idempotency_conflict",
+        "receipt_id was already used with different content; choose a new receipt_id",
+        f"{prefix}receipt_id",
+    )
 
 
 async def _fence(tx: Tx, tenant: str, task: Row, lease_id: str, now: datetime, prefix: str) -> None:

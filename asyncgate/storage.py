@@ -28,6 +28,7 @@ ID_LIST_COLUMNS = frozenset(
         "ids",
         "task_ids",
         "types",
+        "keys",
     }
 )
 TIME_COLUMNS = frozenset(
@@ -72,7 +73,10 @@ class Tx(Protocol):
         """A write whose result is not needed; it may be confirmed only at commit."""
         ...
 
-    async def many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
+    async def many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run a write for every row. A dialect may send all rows as one statement (PostgreSQL
+        does, as a JSON recordset), so the rows of one call must not depend on each other."""
+        ...
 
 
 class Dialect(Protocol):

@@ -6,6 +6,7 @@ receipts lock their task row, and transactions run at READ COMMITTED.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import time
@@ -20,7 +21,7 @@ import psycopg
 import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
+from psycopg.types.json import Json, Jsonb, set_json_dumps, set_json_loads
 from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
@@ -58,6 +59,7 @@ SESSION_SETUP = (
 # SQLSTATE classes meaning the server or the connection went away: 08 connection exception,
 # 57P admin/crash shutdown or "cannot connect now" (starting up, recovering).
 _DOWN_STATES = ("08", "57P")
+_OPEN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 
 log = logging.getLogger("asyncgate")
 
@@ -116,6 +118,31 @@ async def _check_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
+SNAPSHOT_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+
+@asynccontextmanager
+async def _pipelined(conn: psycopg.AsyncConnection[Any], begin: str) -> AsyncIterator[None]:
+    """A transaction in pipeline mode: BEGIN travels with the first read, and every write
+    after the last read travels with COMMIT, so it costs (reads + 1) round trips.
+
+    BEGIN and COMMIT are plain statements rather than psycopg's ``transaction()``, which in
+    pipeline mode adds a sync of its own and measured about 180 us more CPU per transaction.
+    A failure anywhere (a statement's error, the caller's exception, a failed COMMIT) ends in
+    ROLLBACK, so nothing is half-written.
+    """
+    try:
+        async with conn.pipeline():
+            await conn.execute(begin)
+            yield
+            await conn.execute("COMMIT")
+    except BaseException:
+        if conn.info.transaction_status in _OPEN_TRANSACTION:
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("ROLLBACK")
+        raise
+
+
 class PostgresTx:
     def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
         self.conn = conn
@@ -133,9 +160,11 @@ class PostgresTx:
         await self.conn.execute(QUERIES[query], to_db(params))
 
     async def many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        # Every row in one statement: the rows travel as one JSON parameter, which the query
+        # unpacks with json_to_recordset. Encoding one list in orjson costs far less than
+        # adapting each row's parameters, and the server runs one statement, not one per row.
         if rows:
-            async with self.conn.cursor() as cursor:
-                await cursor.executemany(QUERIES[query], [to_db(row) for row in rows])
+            await self.conn.execute(QUERIES[query], {"rows": Json(rows)})
 
 
 class PostgresDialect:
@@ -294,9 +323,7 @@ class PostgresDialect:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTx]:
-        # Pipeline mode: BEGIN travels with the first read, and every write after the last
-        # read travels with COMMIT, so a transaction costs (reads + 1) round trips.
-        async with self._connection() as conn, conn.pipeline(), conn.transaction():
+        async with self._connection() as conn, _pipelined(conn, "BEGIN"):
             yield PostgresTx(conn)
 
     @asynccontextmanager
@@ -307,9 +334,8 @@ class PostgresDialect:
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[PostgresTx]:
-        async with self._connection() as conn, conn.pipeline(), conn.transaction():
-            # One consistent snapshot for the cursor lookup and the page it anchors.
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        # One consistent snapshot for the cursor lookup and the page it anchors.
+        async with self._connection() as conn, _pipelined(conn, SNAPSHOT_BEGIN):
             yield PostgresTx(conn)
 
     async def stream(self, query: str, **params: Any) -> AsyncIterator[Row]:

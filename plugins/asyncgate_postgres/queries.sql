@@ -1,15 +1,33 @@
--- insert_task --
--- One new task with its obligation id; rows come from ledger.create_tasks.
-INSERT INTO tasks (tenant, task_id, type, payload, principal, created_by, priority,
-                   idempotency_key, request_hash, state, lease_generation,
-                   obligation_receipt_id, obligation_open, created_at, updated_at)
-VALUES (%(tenant)s, %(task_id)s::uuid, %(type)s, %(payload)s::jsonb, %(principal)s,
-        %(created_by)s, %(priority)s, %(idempotency_key)s::text, %(request_hash)s, 'PENDING', 0,
-        %(obligation_receipt_id)s::uuid, true, %(created_at)s, %(created_at)s);
+-- insert_tasks --
+-- New tasks with their obligation (task.assigned) receipts, and a hint to waiting claims, for
+-- every row in one statement: ``many`` sends the rows as one JSON recordset.
+WITH r AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS r(
+        tenant text, task_id uuid, type text, payload jsonb, principal text, created_by text,
+        priority integer, idempotency_key text, request_hash text, obligation_receipt_id uuid,
+        created_at timestamptz)
+), tasks_in AS (
+    INSERT INTO tasks (tenant, task_id, type, payload, principal, created_by, priority,
+                       idempotency_key, request_hash, state, lease_generation,
+                       obligation_receipt_id, obligation_open, created_at, updated_at)
+    SELECT tenant, task_id, type, payload, principal, created_by, priority, idempotency_key,
+           request_hash, 'PENDING', 0, obligation_receipt_id, true, created_at, created_at
+    FROM r
+), obligations_in AS (
+    -- The same receipt as views.obligation_receipt builds from the task row.
+    INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal,
+                          lease_id, parent_receipt_ids, stripped_parent_receipt_ids, body,
+                          artifacts, delivery_proof, content_hash, created_at)
+    SELECT tenant, obligation_receipt_id, 'task.assigned', task_id, created_by, principal, NULL,
+           '{}', NULL, jsonb_build_object('task_type', type, 'priority', priority), '[]', NULL,
+           request_hash, created_at
+    FROM r
+)
+SELECT pg_notify('asyncgate_tasks', tenant) FROM (SELECT DISTINCT tenant FROM r) AS tenants;
 
--- task_by_idempotency_key --
--- The task an idempotency key already created, if any.
-SELECT * FROM tasks WHERE tenant = %(tenant)s AND idempotency_key = %(idempotency_key)s::text;
+-- tasks_by_idempotency_keys --
+-- The tasks that any of the given idempotency keys already created.
+SELECT * FROM tasks WHERE tenant = %(tenant)s AND idempotency_key = ANY(%(keys)s::text[]);
 
 -- get_task --
 -- One task of a tenant.
@@ -66,19 +84,22 @@ WHERE tenant = %(tenant)s
 ORDER BY priority DESC, created_at, task_id
 LIMIT %(limit)s;
 
--- grant_lease --
--- Make a lease the task's current one.
-UPDATE tasks
-SET state = 'ACTIVE', lease_id = %(lease_id)s::uuid, lease_worker = %(worker)s,
-    lease_expires_at = %(expires_at)s, lease_generation = %(generation)s,
-    updated_at = %(now)s
-WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid;
-
--- insert_lease --
--- The lease's own record, kept so that an old lease id answers 409 rather than 404.
+-- grant_leases --
+-- Make each row's lease its task's current one, and keep the lease's own record (so that an
+-- old lease id answers 409 rather than 404); rows are one JSON recordset.
+WITH r AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS r(
+        tenant text, task_id uuid, lease_id uuid, worker text, expires_at timestamptz,
+        generation integer, now timestamptz)
+), granted AS (
+    UPDATE tasks t
+    SET state = 'ACTIVE', lease_id = r.lease_id, lease_worker = r.worker,
+        lease_expires_at = r.expires_at, lease_generation = r.generation, updated_at = r.now
+    FROM r
+    WHERE t.tenant = r.tenant AND t.task_id = r.task_id
+)
 INSERT INTO leases (tenant, lease_id, task_id, generation, worker, granted_at, expires_at)
-VALUES (%(tenant)s, %(lease_id)s::uuid, %(task_id)s::uuid, %(generation)s, %(worker)s,
-        %(now)s, %(expires_at)s);
+SELECT tenant, lease_id, task_id, generation, worker, now, expires_at FROM r;
 
 -- get_lease --
 -- A lease with its task's current lease, to tell current from superseded; the task row is
@@ -112,14 +133,18 @@ UPDATE leases SET released_at = %(now)s
 WHERE tenant = %(tenant)s AND lease_id = %(lease_id)s::uuid AND released_at IS NULL;
 
 -- insert_receipt --
--- Append one receipt to the ledger.
+-- Append receipts to the ledger; rows are one JSON recordset.
 INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
                       parent_receipt_ids, stripped_parent_receipt_ids, body, artifacts,
                       delivery_proof, content_hash, created_at)
-VALUES (%(tenant)s, %(receipt_id)s::uuid, %(type)s, %(task_id)s::uuid, %(from_principal)s,
-        %(to_principal)s, %(lease_id)s::uuid, %(parent_receipt_ids)s::uuid[],
-        %(stripped_parent_receipt_ids)s::uuid[], %(body)s::jsonb, %(artifacts)s::jsonb,
-        %(delivery_proof)s::jsonb, %(content_hash)s, %(created_at)s);
+SELECT tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
+       parent_receipt_ids, stripped_parent_receipt_ids, body, artifacts, delivery_proof,
+       content_hash, created_at
+FROM json_to_recordset(%(rows)s::json) AS r(
+    tenant text, receipt_id uuid, type text, task_id uuid, from_principal text,
+    to_principal text, lease_id uuid, parent_receipt_ids uuid[],
+    stripped_parent_receipt_ids uuid[], body jsonb, artifacts jsonb, delivery_proof jsonb,
+    content_hash text, created_at timestamptz);
 
 -- append_leased_receipt --
 -- Write a receipt only under the task's current unexpired lease, with every parent present.
@@ -148,21 +173,29 @@ RETURNING *;
 -- One receipt of a tenant.
 SELECT * FROM receipts WHERE tenant = %(tenant)s AND receipt_id = %(receipt_id)s::uuid;
 
--- update_task_after_receipt --
--- Apply a terminating receipt's effect on its task: the new state, the lease ended or kept.
-UPDATE tasks
-SET state = %(state)s,
-    lease_id = CASE WHEN %(end_lease)s::boolean THEN NULL ELSE lease_id END,
-    lease_worker = CASE WHEN %(end_lease)s::boolean THEN NULL ELSE lease_worker END,
-    lease_expires_at = CASE WHEN %(end_lease)s::boolean THEN NULL ELSE lease_expires_at END,
-    updated_at = %(now)s
-WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid;
-
--- close_obligations --
--- Close the given obligations (their rows are locked; still-open ones only, for safety).
-UPDATE tasks
-SET obligation_open = false, obligation_closed_by = %(closed_by)s::uuid, updated_at = %(now)s
-WHERE tenant = %(tenant)s AND obligation_receipt_id = ANY(%(ids)s::uuid[]) AND obligation_open;
+-- apply_receipt_effects --
+-- What a transaction's receipts did to each task they touched (one row per task, locked by
+-- lock_receipt_tasks): its new state, its lease ended, its obligation closed (if still open).
+WITH r AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS r(
+        tenant text, task_id uuid, state text, end_lease_id uuid, closed_by uuid,
+        now timestamptz)
+), tasks_changed AS (
+    UPDATE tasks t
+    SET state = COALESCE(r.state, t.state),
+        lease_id = CASE WHEN r.end_lease_id IS NULL THEN t.lease_id END,
+        lease_worker = CASE WHEN r.end_lease_id IS NULL THEN t.lease_worker END,
+        lease_expires_at = CASE WHEN r.end_lease_id IS NULL THEN t.lease_expires_at END,
+        obligation_open = t.obligation_open AND r.closed_by IS NULL,
+        obligation_closed_by = CASE WHEN t.obligation_open AND r.closed_by IS NOT NULL
+                                    THEN r.closed_by ELSE t.obligation_closed_by END,
+        updated_at = r.now
+    FROM r
+    WHERE t.tenant = r.tenant AND t.task_id = r.task_id
+)
+UPDATE leases l SET released_at = r.now
+FROM r
+WHERE l.tenant = r.tenant AND l.lease_id = r.end_lease_id AND l.released_at IS NULL;
 
 -- obligations_closed_by --
 -- Which of the given obligations a receipt closed (for an idempotent replay).

@@ -32,6 +32,9 @@ from asyncgate.storage import (
 )
 
 QUERIES = load_queries(Path(__file__).with_name("queries.sql"))
+# A query run by ``many`` may hold several statements, each run over every row in turn (the
+# PostgreSQL dialect does the same work in one statement).
+STATEMENTS = {name: [part.strip() for part in sql.split(";\n")] for name, sql in QUERIES.items()}
 MIGRATIONS = PROJECT_ROOT / "migrations" / "sqlite"
 SCHEMES = ("sqlite",)
 _SIGNALS: dict[str, TaskSignal] = {}
@@ -90,8 +93,10 @@ class SQLiteTx:
 
     async def many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
+            params = [to_db(row) for row in rows]
             async with _mapped_errors():
-                await self.conn.executemany(QUERIES[query], [to_db(row) for row in rows])
+                for statement in STATEMENTS[query]:
+                    await self.conn.executemany(statement, params)
 
 
 @asynccontextmanager

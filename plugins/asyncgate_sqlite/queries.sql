@@ -1,15 +1,23 @@
--- insert_task --
--- One new task with its obligation id; rows come from ledger.create_tasks.
+-- insert_tasks --
+-- A new task with its obligation (task.assigned) receipt; run for every row by ``many``.
 INSERT INTO tasks (tenant, task_id, type, payload, principal, created_by, priority,
                    idempotency_key, request_hash, state, lease_generation,
                    obligation_receipt_id, obligation_open, created_at, updated_at)
 VALUES (:tenant, :task_id, :type, :payload, :principal, :created_by, :priority,
         :idempotency_key, :request_hash, 'PENDING', 0,
         :obligation_receipt_id, 1, :created_at, :created_at);
+-- The same receipt as views.obligation_receipt builds from the task row.
+INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
+                      parent_receipt_ids, stripped_parent_receipt_ids, body, artifacts,
+                      delivery_proof, content_hash, created_at)
+VALUES (:tenant, :obligation_receipt_id, 'task.assigned', :task_id, :created_by, :principal,
+        NULL, '[]', NULL, json_object('task_type', :type, 'priority', :priority), '[]', NULL,
+        :request_hash, :created_at);
 
--- task_by_idempotency_key --
--- The task an idempotency key already created, if any.
-SELECT * FROM tasks WHERE tenant = :tenant AND idempotency_key = :idempotency_key;
+-- tasks_by_idempotency_keys --
+-- The tasks that any of the given idempotency keys already created.
+SELECT * FROM tasks
+WHERE tenant = :tenant AND idempotency_key IN (SELECT value FROM json_each(:keys));
 
 -- get_task --
 -- One task of a tenant.
@@ -60,15 +68,13 @@ WHERE tenant = :tenant AND task_id IN (
 ORDER BY priority DESC, created_at, task_id
 LIMIT :limit;
 
--- grant_lease --
--- Make a lease the task's current one.
+-- grant_leases --
+-- Make a lease its task's current one, and keep the lease's own record (so that an old lease
+-- id answers 409 rather than 404); run for every row by ``many``.
 UPDATE tasks
 SET state = 'ACTIVE', lease_id = :lease_id, lease_worker = :worker,
     lease_expires_at = :expires_at, lease_generation = :generation, updated_at = :now
 WHERE tenant = :tenant AND task_id = :task_id;
-
--- insert_lease --
--- The lease's own record, kept so that an old lease id answers 409 rather than 404.
 INSERT INTO leases (tenant, lease_id, task_id, generation, worker, granted_at, expires_at)
 VALUES (:tenant, :lease_id, :task_id, :generation, :worker, :now, :expires_at);
 
@@ -130,22 +136,22 @@ RETURNING *;
 -- One receipt of a tenant.
 SELECT * FROM receipts WHERE tenant = :tenant AND receipt_id = :receipt_id;
 
--- update_task_after_receipt --
--- Apply a terminating receipt's effect on its task: the new state, the lease ended or kept.
+-- apply_receipt_effects --
+-- What a transaction's receipts did to a task they touched (one row per task): its new state,
+-- its lease ended, its obligation closed (if still open); run for every row by ``many``.
 UPDATE tasks
-SET state = :state,
-    lease_id = CASE WHEN :end_lease THEN NULL ELSE lease_id END,
-    lease_worker = CASE WHEN :end_lease THEN NULL ELSE lease_worker END,
-    lease_expires_at = CASE WHEN :end_lease THEN NULL ELSE lease_expires_at END,
+SET state = COALESCE(:state, state),
+    lease_id = CASE WHEN :end_lease_id IS NULL THEN lease_id END,
+    lease_worker = CASE WHEN :end_lease_id IS NULL THEN lease_worker END,
+    lease_expires_at = CASE WHEN :end_lease_id IS NULL THEN lease_expires_at END,
+    obligation_open = obligation_open AND :closed_by IS NULL,
+    obligation_closed_by = CASE WHEN obligation_open AND :closed_by IS NOT NULL
+                                THEN :closed_by ELSE obligation_closed_by END,
     updated_at = :now
 WHERE tenant = :tenant AND task_id = :task_id;
-
--- close_obligations --
--- Close the given obligations (their rows are locked; still-open ones only, for safety).
-UPDATE tasks
-SET obligation_open = 0, obligation_closed_by = :closed_by, updated_at = :now
-WHERE tenant = :tenant AND obligation_open = 1
-  AND obligation_receipt_id IN (SELECT value FROM json_each(:ids));
+UPDATE leases SET released_at = :now
+WHERE :end_lease_id IS NOT NULL AND tenant = :tenant AND lease_id = :end_lease_id
+  AND released_at IS NULL;
 
 -- obligations_closed_by --
 -- Which of the given obligations a receipt closed (for an idempotent replay).
