@@ -172,7 +172,9 @@ async def run(database_url: str, count: int, profile_dir: Path | None) -> list[t
     claimed: list[dict[str, Any]] = []
 
     async def claim(i: int) -> None:
-        claimed.extend(await expect(200, "POST", "/v1/leases", {"worker": "w:1", "types": ["cycle"]}))
+        claimed.extend(
+            await expect(200, "POST", "/v1/leases", {"worker": "w:1", "types": ["cycle"]})
+        )
 
     results.append(("claim one task", await measure("claim", count, claim, profile_dir)))
 
