@@ -83,3 +83,40 @@ async def claim_once(
     await tx.many("grant_leases", grants)
     await tx.many("insert_receipt", anomalies)
     return granted, [receipt_view(row) for row in anomalies]
+
+
+async def claim_at_once(
+    tx: Tx,
+    now: datetime,
+    identity: Identity,
+    worker: str,
+    types: list[str] | None,
+    max_tasks: int,
+    ttl_seconds: int,
+) -> list[dict[str, Any]] | None:
+    """``claim_once`` in one statement, for dialects with the ``claim_at_once`` fast path.
+
+    ``None`` means a candidate's lease had expired: taking it over writes an anomaly, which
+    only the general path does, so nothing was written and the caller runs ``claim_once``.
+    """
+    expires_at = now + timedelta(seconds=ttl_seconds)
+    rows = await tx.all(
+        "claim_at_once",
+        tenant=identity.tenant,
+        now=now,
+        types=types,
+        limit=max_tasks,
+        worker=worker,
+        expires_at=expires_at,
+    )
+    if not all(row["granted"] for row in rows):
+        return None
+    return [
+        {
+            "lease_id": row["lease_id"],
+            "lease_generation": row["lease_generation"],
+            "expires_at": expires_at,
+            "task": task_view(row, now),
+        }
+        for row in rows
+    ]

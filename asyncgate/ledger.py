@@ -174,12 +174,20 @@ class Ledger:
         wait_seconds: float,
     ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + wait_seconds
+        at_once = "claim_at_once" in self.dialect.fast_paths
         while True:
-            granted, anomalies = await self._in_transaction(
-                lambda tx, now: leases.claim_once(
-                    tx, now, identity, worker, types, max_tasks, ttl_seconds
+            granted, anomalies = None, []
+            if at_once:
+                async with self.dialect.autocommit() as tx:
+                    granted = await leases.claim_at_once(
+                        tx, utcnow(), identity, worker, types, max_tasks, ttl_seconds
+                    )
+            if granted is None:
+                granted, anomalies = await self._in_transaction(
+                    lambda tx, now: leases.claim_once(
+                        tx, now, identity, worker, types, max_tasks, ttl_seconds
+                    )
                 )
-            )
             if anomalies:
                 await self.emit(anomalies, identity.tenant)
             remaining = deadline - time.monotonic()
@@ -253,10 +261,19 @@ class Ledger:
     ) -> list[receipts.ReceiptResult]:
         """Write receipts in order, all or nothing."""
         results = None
-        if not batch and receipts.on_hot_path(specs[0]):
-            # A progress report is one statement on its own: no transaction to open and close.
+        fast_path = None
+        if not batch:
+            if receipts.on_hot_path(specs[0]):
+                fast_path = receipts.append_under_lease
+            elif "settle_under_lease" in self.dialect.fast_paths and receipts.settles_at_once(
+                specs[0]
+            ):
+                fast_path = receipts.settle_under_lease
+        if fast_path is not None:
+            # One statement on its own: no transaction to open and close. None means a
+            # condition of the fast path failed; the general path below finds out which.
             async with self.dialect.autocommit() as tx:
-                fast = await receipts.append_under_lease(tx, identity, specs[0], utcnow())
+                fast = await fast_path(tx, identity, specs[0], utcnow())
             results = None if fast is None else [fast]
 
         async def work(tx: Tx, now: datetime) -> list[receipts.ReceiptResult]:

@@ -146,6 +146,56 @@ async def append_under_lease(
     return None if row is None else ReceiptResult(receipt_view(row), [])
 
 
+def settles_at_once(spec: dict[str, Any]) -> bool:
+    """Terminating receipts that may take the ``settle_under_lease`` fast path: written under
+    a lease, moving the task to a terminal state, with no anomaly to write."""
+    rule = termination.rule_for(spec["type"])
+    if rule is None or not rule.client_may_write or not spec.get("lease_id"):
+        return False
+    if termination.next_state(rule, "ACTIVE") not in termination.TERMINAL_STATES:
+        return False
+    decision = termination.decide(
+        rule, spec["parent_receipt_ids"], spec["artifacts"], spec.get("delivery_proof")
+    )
+    return decision.anomaly is None
+
+
+async def settle_under_lease(
+    tx: Tx, identity: Identity, spec: dict[str, Any], now: datetime
+) -> ReceiptResult | None:
+    """Write a terminating receipt (see ``settles_at_once``) in one statement.
+
+    The truth table decides here, as in ``write``; the statement applies the decision only if
+    the lease is the task's current unexpired one, every parent exists, none of them is
+    another task's obligation and the receipt_id is new. ``None`` means some condition failed:
+    the caller then runs ``write``, which finds out which and answers accordingly.
+    """
+    rule = check_request(spec)
+    parent_ids = spec["parent_receipt_ids"]
+    decision = termination.decide(rule, parent_ids, spec["artifacts"], spec.get("delivery_proof"))
+    row = await tx.one(
+        "settle_under_lease",
+        tenant=identity.tenant,
+        receipt_id=spec.get("receipt_id") or new_id(),
+        type=spec["type"],
+        task_id=spec["task_id"],
+        from_principal=identity.principal,
+        lease_id=spec["lease_id"],
+        parent_receipt_ids=parent_ids,
+        body=spec["body"],
+        artifacts=spec["artifacts"],
+        delivery_proof=spec.get("delivery_proof"),
+        content_hash=fingerprint(content_of(spec)),
+        state=termination.next_state(rule, "ACTIVE"),
+        closes=decision.closes_named_obligations,
+        now=now,
+    )
+    if row is None:
+        return None
+    closed = row.pop("terminated_obligation")
+    return ReceiptResult(receipt_view(row), [closed] if closed else [])
+
+
 @dataclass
 class WriteSet:
     """One receipt transaction: the task rows it locked, and the writes it makes at its end.

@@ -83,6 +83,11 @@ class Dialect(Protocol):
     """A storage backend. Created by the ``asyncgate_dialect`` hook, opened at startup."""
 
     name: str
+    # Optional one-statement forms of general operations that this dialect's queries.sql
+    # defines ("claim_at_once", "settle_under_lease"). Each writes only in the common case
+    # and otherwise leaves the ledger to run the general path, so a dialect whose round trips
+    # cost nothing (SQLite, in process) may define none.
+    fast_paths: frozenset[str]
 
     async def open(self) -> None: ...
 

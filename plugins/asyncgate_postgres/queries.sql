@@ -280,3 +280,104 @@ SELECT 1 AS ok;
 -- notify_tasks --
 -- A hint, delivered at commit, that the tenant may have claimable tasks (see listener.py).
 SELECT pg_notify('asyncgate_tasks', %(tenant)s);
+
+-- claim_at_once --
+-- Fast path (PostgreSQL only; see PostgresDialect.fast_paths): a claim in one statement when it
+-- takes over no expired lease. The candidates are claim_candidates', leased with fresh ids and
+-- given their lease records. Every candidate comes back with `granted`: if any of them is a
+-- takeover (which must write its anomaly), nothing is written and the ledger runs the general
+-- claim instead.
+WITH expired AS (
+    SELECT task_id FROM tasks
+    WHERE tenant = %(tenant)s AND state = 'ACTIVE' AND lease_expires_at <= %(now)s::timestamptz
+      AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+    ORDER BY priority DESC, created_at, task_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), pending AS (
+    SELECT task_id FROM tasks
+    WHERE tenant = %(tenant)s AND state = 'PENDING'
+      AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+    ORDER BY priority DESC, created_at, task_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), candidates AS (
+    SELECT * FROM tasks
+    WHERE tenant = %(tenant)s
+      AND task_id IN (SELECT task_id FROM expired UNION ALL SELECT task_id FROM pending)
+    ORDER BY priority DESC, created_at, task_id
+    LIMIT %(limit)s
+), takeover AS (
+    SELECT EXISTS (SELECT 1 FROM candidates WHERE state = 'ACTIVE') AS needed
+), granted AS (
+    UPDATE tasks t
+    SET state = 'ACTIVE', lease_id = gen_random_uuid(), lease_worker = %(worker)s,
+        lease_expires_at = %(expires_at)s, lease_generation = t.lease_generation + 1,
+        updated_at = %(now)s
+    FROM candidates c
+    WHERE t.tenant = %(tenant)s AND t.task_id = c.task_id AND NOT (SELECT needed FROM takeover)
+    RETURNING t.*
+), leases_in AS (
+    INSERT INTO leases (tenant, lease_id, task_id, generation, worker, granted_at, expires_at)
+    SELECT tenant, lease_id, task_id, lease_generation, lease_worker, %(now)s, lease_expires_at
+    FROM granted
+)
+SELECT *, true AS granted FROM granted
+UNION ALL
+SELECT *, false AS granted FROM candidates WHERE (SELECT needed FROM takeover)
+ORDER BY priority DESC, created_at, task_id;
+
+-- settle_under_lease --
+-- Fast path (PostgreSQL only; see PostgresDialect.fast_paths): a terminating receipt in one
+-- statement, in the common case: under the task's current unexpired lease, every parent
+-- present, none of them another task's obligation, no anomaly to write. The ledger has applied
+-- the truth table already (new state, whether named obligations close); here the task takes
+-- its state, its lease ends, and its obligation closes if named and still open. If any
+-- condition fails or the receipt_id is taken, nothing is written and no row returns: the ledger
+-- then runs the general path, which tells why.
+WITH task AS (
+    SELECT task_id, principal, obligation_receipt_id, obligation_open FROM tasks
+    WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid AND lease_id = %(lease_id)s::uuid
+      AND state = 'ACTIVE' AND lease_expires_at > %(now)s
+      AND cardinality(%(parent_receipt_ids)s::uuid[]) = (
+          SELECT count(*) FROM receipts p
+          WHERE p.tenant = %(tenant)s AND p.receipt_id = ANY(%(parent_receipt_ids)s::uuid[]))
+      AND NOT EXISTS (
+          SELECT 1 FROM tasks o
+          WHERE o.tenant = %(tenant)s
+            AND o.obligation_receipt_id = ANY(%(parent_receipt_ids)s::uuid[])
+            AND o.task_id <> %(task_id)s::uuid)
+    FOR UPDATE
+), receipt AS (
+    INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal,
+                          lease_id, parent_receipt_ids, stripped_parent_receipt_ids, body,
+                          artifacts, delivery_proof, content_hash, created_at)
+    SELECT %(tenant)s, %(receipt_id)s::uuid, %(type)s, task.task_id, %(from_principal)s,
+           task.principal, %(lease_id)s::uuid, %(parent_receipt_ids)s::uuid[], NULL,
+           %(body)s::jsonb, %(artifacts)s::jsonb, %(delivery_proof)s::jsonb, %(content_hash)s,
+           %(now)s
+    FROM task
+    ON CONFLICT DO NOTHING
+    RETURNING *
+), closing AS (
+    SELECT task.obligation_open AND %(closes)s::boolean
+           AND task.obligation_receipt_id = ANY(%(parent_receipt_ids)s::uuid[]) AS own
+    FROM task
+), settled AS (
+    UPDATE tasks t
+    SET state = %(state)s, lease_id = NULL, lease_worker = NULL, lease_expires_at = NULL,
+        obligation_open = t.obligation_open AND NOT closing.own,
+        obligation_closed_by = CASE WHEN closing.own THEN receipt.receipt_id
+                                    ELSE t.obligation_closed_by END,
+        updated_at = %(now)s
+    FROM receipt, closing
+    WHERE t.tenant = %(tenant)s AND t.task_id = receipt.task_id
+    RETURNING t.obligation_receipt_id, closing.own
+), lease_ended AS (
+    UPDATE leases l SET released_at = %(now)s
+    FROM receipt
+    WHERE l.tenant = %(tenant)s AND l.lease_id = receipt.lease_id AND l.released_at IS NULL
+)
+SELECT receipt.*,
+       CASE WHEN settled.own THEN settled.obligation_receipt_id END AS terminated_obligation
+FROM receipt, settled;
