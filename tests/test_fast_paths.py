@@ -1,0 +1,184 @@
+"""PostgreSQL's one-statement fast paths write only in the common case, and nothing otherwise.
+
+The behavioural tests (both dialects) show that answers are the same whichever path a request
+takes; these show each fast path's own contract: when one of its conditions fails it writes
+nothing at all and returns None, so the general path can decide and answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from asyncgate_postgres import PostgresDialect, conninfo_from_url
+
+from asyncgate import leases, receipts
+from asyncgate.ids import new_id, utcnow
+from asyncgate.ledger import Ledger
+from asyncgate.metrics import Metrics
+from asyncgate.settings import Identity, Settings
+
+ARTIFACTS = [{"uri": "s3://bucket/result.json"}]
+
+
+@pytest.fixture
+async def ledger(pg_database: str) -> AsyncIterator[Ledger]:
+    dialect = PostgresDialect(conninfo_from_url(pg_database), 1, 4)
+    await dialect.open()
+    await dialect.migrate()
+
+    async def emit(anomalies: list[dict[str, Any]], tenant: str) -> None:
+        return None
+
+    try:
+        yield Ledger(dialect, Settings(), Metrics(), emit)
+    finally:
+        await dialect.close()
+
+
+@pytest.fixture
+def identity() -> Identity:
+    return Identity(f"fast-{uuid.uuid4().hex[:10]}", "service:fast")
+
+
+def count(database_url: str, sql: str, *params: Any) -> int:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(sql, params).fetchone()[0]
+
+
+async def leased_task(ledger: Ledger, identity: Identity, ttl: int = 60) -> dict[str, Any]:
+    [(task, _)] = await ledger.create_tasks(identity, [spec()], batch=False)
+    [grant] = await ledger.claim(identity, "worker:w", [task["type"]], 1, ttl, 0)
+    return grant
+
+
+def spec(**fields: Any) -> dict[str, Any]:
+    return {"type": f"t-{uuid.uuid4().hex[:8]}", "payload": {}, "priority": 0, **fields}
+
+
+def success(grant: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {
+        "type": "task.success",
+        "task_id": grant["task"]["task_id"],
+        "lease_id": grant["lease_id"],
+        "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
+        "body": {},
+        "artifacts": ARTIFACTS,
+        "delivery_proof": None,
+        **fields,
+    }
+
+
+async def settle(ledger: Ledger, identity: Identity, receipt: dict[str, Any]) -> Any:
+    assert receipts.settles_at_once(receipt)
+    async with ledger.dialect.autocommit() as tx:
+        return await receipts.settle_under_lease(tx, identity, receipt, utcnow())
+
+
+@pytest.mark.anyio
+async def test_settle_writes_the_receipt_ends_the_lease_and_closes_the_obligation(
+    ledger: Ledger, identity: Identity, pg_database: str
+) -> None:
+    grant = await leased_task(ledger, identity)
+    result = await settle(ledger, identity, success(grant))
+    assert result is not None
+    assert result.terminated == [grant["task"]["obligation_receipt_id"]]
+    task = await ledger.get_task(identity, grant["task"]["task_id"])
+    assert (task["state"], task["obligation_open"], task["lease"]) == ("COMPLETED", False, None)
+    released = count(
+        pg_database,
+        "SELECT count(*) FROM leases WHERE lease_id = %s AND released_at IS NOT NULL",
+        grant["lease_id"],
+    )
+    assert released == 1
+
+
+def ledger_size(database_url: str, identity: Identity) -> int:
+    return count(database_url, "SELECT count(*) FROM receipts WHERE tenant = %s", identity.tenant)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "condition", ["stale lease", "missing parent", "another task's obligation", "taken id"]
+)
+async def test_settle_writes_nothing_when_a_condition_fails(
+    ledger: Ledger, identity: Identity, pg_database: str, condition: str
+) -> None:
+    grant = await leased_task(ledger, identity)
+    receipt = success(grant)
+    if condition == "stale lease":
+        receipt["lease_id"] = new_id()
+    elif condition == "missing parent":
+        receipt["parent_receipt_ids"] = [*receipt["parent_receipt_ids"], new_id()]
+    elif condition == "another task's obligation":
+        other = await leased_task(ledger, identity)
+        receipt["parent_receipt_ids"] = [
+            *receipt["parent_receipt_ids"],
+            other["task"]["obligation_receipt_id"],
+        ]
+    else:
+        progress = {**receipt, "type": "task.progress", "parent_receipt_ids": []}
+        [written] = await ledger.write_receipts(identity, [progress], batch=False)
+        receipt["receipt_id"] = written.receipt["receipt_id"]
+    before = ledger_size(pg_database, identity)
+    assert await settle(ledger, identity, receipt) is None
+    assert ledger_size(pg_database, identity) == before
+    task = await ledger.get_task(identity, grant["task"]["task_id"])
+    assert (task["state"], task["obligation_open"]) == ("ACTIVE", True)
+
+
+def test_receipts_with_an_anomaly_or_no_lease_never_take_the_settle_path() -> None:
+    grant = {"task": {"task_id": new_id(), "obligation_receipt_id": new_id()}, "lease_id": new_id()}
+    assert receipts.settles_at_once(success(grant))
+    assert receipts.settles_at_once(success(grant, type="task.failure", artifacts=[]))
+    assert not receipts.settles_at_once(success(grant, artifacts=[]))  # locatability anomaly
+    assert not receipts.settles_at_once(success(grant, lease_id=None))
+    assert not receipts.settles_at_once(success(grant, type="task.progress"))
+
+
+@pytest.mark.anyio
+async def test_claim_at_once_grants_pending_tasks_in_priority_order(
+    ledger: Ledger, identity: Identity
+) -> None:
+    kind = f"t-{uuid.uuid4().hex[:8]}"
+    created = await ledger.create_tasks(
+        identity, [spec(type=kind, priority=p) for p in (1, 5, 3)], batch=True
+    )
+    async with ledger.dialect.autocommit() as tx:
+        grants = await leases.claim_at_once(tx, utcnow(), identity, "worker:w", [kind], 2, 60)
+    assert grants is not None
+    assert [g["task"]["priority"] for g in grants] == [5, 3]
+    assert {g["task"]["task_id"] for g in grants} < {task["task_id"] for task, _ in created}
+    for grant in grants:
+        task = await ledger.get_task(identity, grant["task"]["task_id"])
+        assert task["lease"]["lease_id"] == grant["lease_id"]
+        assert task["lease_generation"] == 1
+
+
+@pytest.mark.anyio
+async def test_claim_at_once_leaves_a_takeover_to_the_general_path(
+    ledger: Ledger, identity: Identity, pg_database: str
+) -> None:
+    grant = await leased_task(ledger, identity, ttl=1)
+    later = utcnow() + timedelta(seconds=5)  # the lease has expired by then
+    async with ledger.dialect.autocommit() as tx:
+        taken = await leases.claim_at_once(
+            tx, later, identity, "worker:w2", [grant["task"]["type"]], 1, 60
+        )
+    assert taken is None
+    # Nothing was written: the old lease is still the task's, and no new lease exists.
+    leases_of_task = count(
+        pg_database, "SELECT count(*) FROM leases WHERE task_id = %s", grant["task"]["task_id"]
+    )
+    assert leases_of_task == 1
+    current = count(
+        pg_database,
+        "SELECT count(*) FROM tasks WHERE task_id = %s AND lease_id = %s",
+        grant["task"]["task_id"],
+        grant["lease_id"],
+    )
+    assert current == 1
