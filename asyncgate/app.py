@@ -147,6 +147,10 @@ class HeaderLimitMiddleware:
 class MetricsMiddleware:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        # labels() validates, stringifies and locks on every call: each child is looked up
+        # once, then reused. Both hold no more entries than the metrics themselves.
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
@@ -154,9 +158,17 @@ class MetricsMiddleware:
     async def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
+        elapsed = time.perf_counter() - req.context.started
         route = req.uri_template or "unmatched"
-        self.metrics.requests.labels(req.method, route, resp.status_code).inc()
-        self.metrics.latency.labels(route).observe(time.perf_counter() - req.context.started)
+        key = (req.method, route, resp.status_code)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self.metrics.requests.labels(*key)
+        counter.inc()
+        timer = self._timed.get(route)
+        if timer is None:
+            timer = self._timed[route] = self.metrics.latency.labels(route)
+        timer.observe(elapsed)
 
 
 def create_app(settings: Settings) -> falcon.asgi.App:
