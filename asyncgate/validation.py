@@ -29,6 +29,9 @@ RFC3339 = re.compile(
     r"(?P<fraction>\.\d+)?(?P<offset>[Zz]|[+-]\d\d:\d\d)",
     re.ASCII,
 )
+CANONICAL_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII
+)
 # orjson parses 1024 levels but serialises only 254, and the recursive checks and schemas
 # need Python's stack: deeper input would be accepted, then fail as a 500. No real task
 # payload comes near this.
@@ -187,6 +190,10 @@ def path_id(raw: str, what: str) -> str:
 
 
 def parse_uuid(raw: str, field: str) -> str:
+    # The canonical form, which nearly every id is, needs no uuid.UUID: lower() gives what
+    # str(uuid.UUID(raw)) would. Anything else takes the general path, to parse exactly as it.
+    if CANONICAL_UUID.fullmatch(raw):
+        return raw.lower()
     try:
         return str(uuid.UUID(raw)) if len(raw) == 36 else _bad_uuid(field)
     except ValueError:
