@@ -107,15 +107,22 @@ async def read_json(req: falcon.Request, max_bytes: int, *, optional: bool = Fal
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether objects and arrays nest more than ``limit`` levels (iterative: no recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > limit:
-                return True
+    """Whether objects and arrays nest more than ``limit`` levels (level by level: no recursion).
+
+    Only containers are kept for the next level, so a wide body (a batch of a thousand
+    receipts) costs one pass over its containers, not a tuple per scalar.
+    """
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 1
+    while level:
+        if depth > limit:
+            return True
+        deeper: list[Any] = []
+        for item in level:
             children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+            deeper.extend(child for child in children if isinstance(child, dict | list))
+        level = deeper
+        depth += 1
     return False
 
 
