@@ -170,6 +170,64 @@ class PostgresTx:
             await self.conn.execute(QUERIES[query], {"rows": Json(rows)})
 
 
+class _Borrowed:
+    """``async with dialect._connection() as conn``: a pooled connection, given back on exit,
+    with psycopg and pool errors raised as the storage errors they stand for.
+
+    A class rather than @asynccontextmanager generators: each async generator costs a
+    registration with the event loop and a round of calls, and this runs for every request.
+    getconn/putconn rather than pool.connection(), whose nested context managers cost more
+    than the checkout itself; what its ``async with conn`` did on exit is done here.
+    """
+
+    __slots__ = ("_dialect", "_timeout", "_pool", "_conn")
+
+    def __init__(self, dialect: PostgresDialect, timeout: float) -> None:
+        self._dialect = dialect
+        self._timeout = timeout
+
+    async def __aenter__(self) -> psycopg.AsyncConnection[Row]:
+        dialect = self._dialect
+        if dialect._pool is None:
+            await dialect.open()
+        pool = dialect._pool
+        assert pool is not None
+        try:
+            if dialect._down and (
+                time.monotonic() - dialect._probed_at < PROBE_INTERVAL or not await dialect._probe()
+            ):
+                raise StorageUnavailable("PostgreSQL is unreachable")
+            self._conn = await dialect._checkout(pool, self._timeout)
+        except Exception as exc:
+            if (mapped := dialect._mapped(exc)) is None:
+                raise
+            raise mapped from exc
+        self._pool = pool
+        return self._conn
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        conn = self._conn
+        try:
+            try:
+                if conn.pgconn.transaction_status != _IDLE and not conn.closed:
+                    if exc is None:
+                        await conn.commit()
+                    else:
+                        with contextlib.suppress(Exception):
+                            await conn.rollback()
+            finally:
+                _note_return(conn)
+                await self._pool.putconn(conn)
+        except Exception as error:  # it replaces the body's exception, if any
+            if (mapped := self._dialect._mapped(error)) is None:
+                raise
+            raise mapped from error
+        if exc is not None and (mapped := self._dialect._mapped(exc)) is not None:
+            raise mapped from exc
+
+
 class PostgresDialect:
     name = "postgres"
     # Each saves a transaction's worth of round trips and statements on a hot path.
@@ -238,35 +296,8 @@ class PostgresDialect:
         self._down = False
         return True
 
-    @asynccontextmanager
-    async def _connection(
-        self, timeout: float = POOL_TIMEOUT
-    ) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
-        if self._pool is None:
-            await self.open()
-        pool = self._pool
-        assert pool is not None
-        async with self._mapped_errors():
-            if self._down and (
-                time.monotonic() - self._probed_at < PROBE_INTERVAL or not await self._probe()
-            ):
-                raise StorageUnavailable("PostgreSQL is unreachable")
-            # getconn/putconn rather than pool.connection(), whose nested context managers
-            # cost more than the checkout itself; what its `async with conn` did is kept.
-            conn = await self._checkout(pool, timeout)
-            try:
-                yield conn
-            except BaseException:
-                if conn.pgconn.transaction_status != _IDLE and not conn.closed:
-                    with contextlib.suppress(Exception):
-                        await conn.rollback()
-                raise
-            else:
-                if conn.pgconn.transaction_status != _IDLE and not conn.closed:
-                    await conn.commit()
-            finally:
-                _note_return(conn)
-                await pool.putconn(conn)
+    def _connection(self, timeout: float = POOL_TIMEOUT) -> _Borrowed:
+        return _Borrowed(self, timeout)
 
     async def _checkout(
         self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]], timeout: float
@@ -291,19 +322,18 @@ class PostgresDialect:
             if self._down:
                 raise StorageUnavailable("PostgreSQL is unreachable")
 
-    @asynccontextmanager
-    async def _mapped_errors(self) -> AsyncIterator[None]:
-        try:
-            yield
-        except psycopg.errors.UniqueViolation as exc:
-            raise UniqueViolation(str(exc)) from exc
-        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
-            raise TransientConflict(str(exc)) from exc
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolClosed) as exc:
+    def _mapped(self, exc: BaseException) -> Exception | None:
+        """The storage error that stands for a psycopg or pool error, None for any other."""
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            return UniqueViolation(str(exc))
+        if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
+            return TransientConflict(str(exc))
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolClosed):
             # PoolTimeout is an OperationalError: the pool had no connection to give in time.
             if _is_down(exc):
                 self._down = True
-            raise StorageUnavailable(str(exc) or type(exc).__name__) from exc
+            return StorageUnavailable(str(exc) or type(exc).__name__)
+        return None
 
     # The Dialect protocol --------------------------------------------------------------
 
