@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,13 @@ _ANOMALY_NAMESPACE = uuid.UUID("6f1d3c52-7a0e-4b55-9a53-0d5f8e6c1a27")
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID in canonical form: what str(uuid.uuid4()) gives, at less than
+    half its cost, without the UUID object."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def derived_id(source_id: str, purpose: str) -> str:
