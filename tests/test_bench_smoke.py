@@ -29,3 +29,22 @@ def test_bench_quick_run_prints_every_row_of_the_table():
         assert row in table, f"missing row {row!r}:\n{table}"
     assert "(0 non-2xx)" in table
     assert "double leases: 0 (met)" in table
+    assert "1. server CPU per receipt" in table
+
+
+def test_inprocess_bench_reports_every_operation():
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "inprocess.py"), "--count", "20"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for operation in (
+        "progress receipt",
+        "create task",
+        "claim one task",
+        "success receipt",
+        "batched life cycle",
+    ):
+        assert operation in result.stdout, f"missing {operation!r}:\n{result.stdout}"
