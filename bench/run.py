@@ -76,8 +76,8 @@ def start_server(ctx: Context, workers: int, keys_file: Path) -> subprocess.Pope
         "ASYNCGATE_API_KEYS_FILE": str(keys_file),
         "ASYNCGATE_RATE_LIMIT_ACTIVE": "false",
         "ASYNCGATE_LOG_LEVEL": "WARNING",
-        "ASYNCGATE_DB_POOL_MIN_SIZE": "4",
-        "ASYNCGATE_DB_POOL_MAX_SIZE": "20",
+        "ASYNCGATE_DB_POOL_MIN_SIZE": os.environ.get("BENCH_POOL_MIN", "4"),
+        "ASYNCGATE_DB_POOL_MAX_SIZE": os.environ.get("BENCH_POOL_MAX", "20"),
     }
     command = [
         sys.executable, "-m", "uvicorn", "asyncgate.main:app",

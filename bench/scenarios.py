@@ -180,28 +180,85 @@ async def ingest(ctx: Context) -> tuple[float, int]:
 # 2. Life cycles ------------------------------------------------------------------------------
 
 
-async def one_cycle(conn: Connection) -> int:
-    task = await conn.json("POST", "/v1/tasks", {"type": "cycle"}, expect=201)
-    grants = await conn.json(
-        "POST", "/v1/leases", {"worker": "worker:bench", "types": ["cycle"], "ttl_seconds": 600}
-    )
-    done = 0
-    for grant in grants:
-        await conn.json(
-            "POST",
-            "/v1/receipts",
-            {
-                "type": "task.success",
-                "task_id": grant["task"]["task_id"],
-                "lease_id": grant["lease_id"],
-                "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
-                "artifacts": ARTIFACT,
-            },
-            expect=201,
-        )
-        done += 1
-    del task
-    return done
+CYCLE_LUA = """
+-- A life cycle per turn: create a task, claim one, settle it with task.success. Each thread
+-- has one connection (-t equals -c), so the thread's Lua state is that connection's state.
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer __KEY__"
+local step = "create"
+local task_id, lease_id, obligation
+completed, failures = 0, 0
+local threads = {}
+local create_body = '{"type":"cycle"}'
+local claim_body = '{"worker":"worker:bench","types":["cycle"],"ttl_seconds":600}'
+local success_body = '{"type":"task.success","task_id":"%s","lease_id":"%s",' ..
+  '"parent_receipt_ids":["%s"],"artifacts":[{"uri":"s3://bench/result.json",' ..
+  '"media_type":"application/json"}]}'
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function request()
+  if step == "create" then
+    return wrk.format("POST", "/v1/tasks", nil, create_body)
+  elseif step == "claim" then
+    return wrk.format("POST", "/v1/leases", nil, claim_body)
+  end
+  return wrk.format("POST", "/v1/receipts", nil,
+                    string.format(success_body, task_id, lease_id, obligation))
+end
+
+function response(status, headers, body)
+  if step == "create" then
+    if status == 201 then step = "claim" else failures = failures + 1 end
+  elseif step == "claim" then
+    step = "create"
+    if status ~= 200 then failures = failures + 1; return end
+    -- The grant's own lease_id comes first; the task's ids are unique in the grant.
+    lease_id = string.match(body, '"lease_id":"([%x-]+)"')
+    task_id = string.match(body, '"task_id":"([%x-]+)"')
+    obligation = string.match(body, '"obligation_receipt_id":"([%x-]+)"')
+    if lease_id then step = "success" end
+  else
+    if status == 201 then completed = completed + 1 else failures = failures + 1 end
+    step = "create"
+  end
+end
+
+function done(summary, latency, requests)
+  local total, failed = 0, 0
+  for _, thread in ipairs(threads) do
+    total = total + thread:get("completed")
+    failed = failed + thread:get("failures")
+  end
+  io.write(string.format("cycles %d failures %d seconds %f\\n",
+                         total, failed, summary.duration / 1e6))
+end
+"""
+
+
+async def unbatched_cycles(ctx: Context) -> float:
+    """Life cycles driven by wrk (one thread per connection), so the load generator costs
+    almost nothing beside the server; returns life cycles per second."""
+    script = ctx.workdir / "cycle.lua"
+    script.write_text(CYCLE_LUA.replace("__KEY__", ctx.keys["cycles"]))
+    cpu_before = cpu_seconds(ctx.server_pid)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            ctx.wrk, f"-t{ctx.connections}", f"-c{ctx.connections}",
+            f"-d{max(1, round(ctx.duration))}s", "-s", str(script),
+            f"http://127.0.0.1:{ctx.port}",
+        ],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    found = re.search(r"cycles (\d+) failures (\d+) seconds ([\d.]+)", result.stdout)
+    assert found, result.stdout
+    cycles, failures, seconds = int(found[1]), int(found[2]), float(found[3])
+    assert failures == 0, f"{failures} life-cycle requests failed:\n{result.stdout}"
+    ctx.extra["cycles_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - cpu_before) / max(1, cycles)
+    return cycles / seconds
 
 
 async def batched_cycles(conn: Connection) -> int:
@@ -230,7 +287,7 @@ async def batched_cycles(conn: Connection) -> int:
 async def life_cycles(ctx: Context, batched: bool) -> float:
     if batched:
         return await for_duration(ctx, batched_cycles, "batched")
-    return await for_duration(ctx, one_cycle, "cycles")
+    return await unbatched_cycles(ctx)
 
 
 # 3. Bootstrap --------------------------------------------------------------------------------
