@@ -30,10 +30,15 @@ import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from scenarios import postgres_cpu_seconds  # noqa: E402
 
 from asyncgate.app import create_app  # noqa: E402
 from asyncgate.settings import Settings, hash_key  # noqa: E402
 
+# PostgreSQL's CPU per call of each operation, beside the app's own.
+DATABASE_CPU: dict[str, float] = {}
 ARTIFACT = [{"uri": "s3://bench/result.json", "media_type": "application/json"}]
 
 
@@ -116,6 +121,7 @@ async def measure(
     for i in range(warm):  # warm caches and prepared statements
         await step(i)
     profiler = cProfile.Profile(time.process_time) if profile_dir else None
+    database_started = postgres_cpu_seconds()
     started = time.process_time()
     if profiler:
         profiler.enable()
@@ -124,12 +130,15 @@ async def measure(
     if profiler:
         profiler.disable()
     per_call = (time.process_time() - started) / count * 1e6
+    DATABASE_CPU[name] = (postgres_cpu_seconds() - database_started) / count * 1e6
     if profiler and profile_dir:
         profiler.dump_stats(profile_dir / f"{name}.prof")
     return per_call
 
 
-async def run(database_url: str, count: int, profile_dir: Path | None) -> list[tuple[str, float]]:
+async def run(
+    database_url: str, count: int, profile_dir: Path | None
+) -> list[tuple[str, str, float]]:
     key = secrets.token_urlsafe(24)
     keys_file = Path(tempfile.mkdtemp(prefix="asyncgate-inproc-")) / "keys"
     keys_file.write_text(f"{hash_key(key)} bench service:bench\n")
@@ -145,7 +154,7 @@ async def run(database_url: str, count: int, profile_dir: Path | None) -> list[t
     app = create_app(settings)
     await lifespan(app, "startup")
     client = Driver(app, key)
-    results: list[tuple[str, float]] = []
+    results: list[tuple[str, str, float]] = []
 
     async def expect(status: int, method: str, path: str, body: Any = None) -> Any:
         got, data = await client.request(method, path, body)
@@ -163,12 +172,14 @@ async def run(database_url: str, count: int, profile_dir: Path | None) -> list[t
             "lease_id": grant["lease_id"], "body": {"percent": 50},
         })  # fmt: skip
 
-    results.append(("progress receipt", await measure("progress", count, progress, profile_dir)))
+    results.append(
+        ("progress receipt", "progress", await measure("progress", count, progress, profile_dir))
+    )
 
     async def create(i: int) -> None:
         await expect(201, "POST", "/v1/tasks", {"type": "cycle"})
 
-    results.append(("create task", await measure("create", count, create, profile_dir)))
+    results.append(("create task", "create", await measure("create", count, create, profile_dir)))
     claimed: list[dict[str, Any]] = []
 
     async def claim(i: int) -> None:
@@ -176,7 +187,7 @@ async def run(database_url: str, count: int, profile_dir: Path | None) -> list[t
             await expect(200, "POST", "/v1/leases", {"worker": "w:1", "types": ["cycle"]})
         )
 
-    results.append(("claim one task", await measure("claim", count, claim, profile_dir)))
+    results.append(("claim one task", "claim", await measure("claim", count, claim, profile_dir)))
 
     async def success(i: int) -> None:
         grant = claimed[i]
@@ -187,7 +198,9 @@ async def run(database_url: str, count: int, profile_dir: Path | None) -> list[t
             "artifacts": ARTIFACT,
         })  # fmt: skip
 
-    results.append(("success receipt", await measure("success", count, success, profile_dir)))
+    results.append(
+        ("success receipt", "success", await measure("success", count, success, profile_dir))
+    )
 
     batches = max(4, count // 100)
 
@@ -205,7 +218,7 @@ async def run(database_url: str, count: int, profile_dir: Path | None) -> list[t
         ]})  # fmt: skip
 
     per_batch = await measure("batched", batches, batched_cycle, profile_dir)
-    results.append(("batched life cycle (per task)", per_batch / 100))
+    results.append(("batched life cycle (per task)", "batched", per_batch / 100))
     await lifespan(app, "shutdown")
     return results
 
@@ -233,8 +246,10 @@ def main() -> int:
     finally:
         with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    for label, micros in results:
-        print(f"{label:32} {micros:8,.0f} us CPU per request")
+    print(f"{'CPU per request':32} {'app':>8}  {'PostgreSQL':>10}")
+    for label, name, micros in results:
+        database = DATABASE_CPU[name] / (100 if name == "batched" else 1)
+        print(f"{label:32} {micros:6,.0f} us  {database:7,.0f} us")
     if profile_dir:
         print(f"profiles: {profile_dir}/<operation>.prof; read with python -m pstats")
     return 0

@@ -190,7 +190,7 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
         ctx.log("1. receipt ingest (task.progress under a lease) with wrk")
         ingest_rate, ingest_errors = await ingest(ctx)
         ratio = ingest_rate / floor_rate
-        rows.append(cpu_row(ctx, "ingest", "1. server CPU per receipt"))
+        rows.append(cpu_row(ctx, "ingest", "1. CPU per receipt"))
         rows.insert(-1, (
             "1. receipt ingest/s",
             f"{ingest_rate:,.0f} ({ingest_errors} non-2xx)",
@@ -208,7 +208,7 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
                 f"goal >= 0.25 x ingest: {'met' if vs_ingest >= 0.25 else 'NOT met'}"
             )
         rows.append(("2. life cycles/s, unbatched", f"{single:,.0f}", verdict))
-        rows.append(cpu_row(ctx, "cycles", "2. server CPU per life cycle, unbatched"))
+        rows.append(cpu_row(ctx, "cycles", "2. CPU per life cycle, unbatched"))
     if "batched" in phases:
         ctx.log("2. life cycles through the batch endpoints")
         batched = await life_cycles(ctx, batched=True)
@@ -219,7 +219,7 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
                 f"goal >= 5x: {'met' if batched >= 5 * single else 'NOT met'}"
             )
         rows.append(("2. life cycles/s, batched (100)", f"{batched:,.0f}", verdict))
-        rows.append(cpu_row(ctx, "batched", "2. server CPU per life cycle, batched"))
+        rows.append(cpu_row(ctx, "batched", "2. CPU per life cycle, batched"))
 
     if "claims" in phases:
         ctx.log("4. contended claims")
@@ -256,9 +256,11 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
 
 
 def cpu_row(ctx: Context, phase: str, label: str) -> tuple[str, str, str]:
-    """Server CPU per unit: unlike a rate, it hardly moves with what else the machine runs."""
-    micros = ctx.extra[f"{phase}_cpu_per_unit"] * 1e6
-    return (label, f"{micros:,.0f} us", "uvicorn process tree, user + system")
+    """CPU per unit, of the server and of PostgreSQL: unlike a rate, it hardly moves with
+    what else the machine runs."""
+    server = ctx.extra[f"{phase}_cpu_per_unit"] * 1e6
+    database = ctx.extra[f"{phase}_pg_cpu_per_unit"] * 1e6
+    return (label, f"{server:,.0f} / {database:,.0f} us", "server (uvicorn) / PostgreSQL")
 
 
 def print_table(rows: list[tuple[str, str, str]], args: argparse.Namespace) -> None:

@@ -51,6 +51,7 @@ async def for_duration(
     deadline = time.perf_counter() + ctx.duration
     started = time.perf_counter()
     cpu_before = cpu_seconds(ctx.server_pid)
+    pg_before = postgres_cpu_seconds()
 
     async def loop(conn: Connection) -> int:
         done = 0
@@ -61,6 +62,9 @@ async def for_duration(
     counts = await asyncio.gather(*(loop(conn) for conn in connections))
     elapsed = time.perf_counter() - started
     ctx.extra[f"{tenant}_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - cpu_before) / max(
+        1, sum(counts)
+    )
+    ctx.extra[f"{tenant}_pg_cpu_per_unit"] = (postgres_cpu_seconds() - pg_before) / max(
         1, sum(counts)
     )
     for conn in connections:
@@ -162,6 +166,7 @@ async def ingest(ctx: Context) -> tuple[float, int]:
     script = ctx.workdir / "ingest.lua"
     script.write_text(INGEST_LUA % (",".join(f"[[{b}]]" for b in bodies), ctx.keys["ingest"]))
     cpu_before = cpu_seconds(ctx.server_pid)
+    pg_before = postgres_cpu_seconds()
     result = await asyncio.to_thread(
         subprocess.run,
         [
@@ -174,6 +179,7 @@ async def ingest(ctx: Context) -> tuple[float, int]:
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", result.stdout)
     total = int(re.search(r"(\d+) requests in", result.stdout).group(1))
     ctx.extra["ingest_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - cpu_before) / max(1, total)
+    ctx.extra["ingest_pg_cpu_per_unit"] = (postgres_cpu_seconds() - pg_before) / max(1, total)
     return rate, int(errors.group(1)) if errors else 0
 
 
@@ -244,6 +250,7 @@ async def unbatched_cycles(ctx: Context) -> float:
     script = ctx.workdir / "cycle.lua"
     script.write_text(CYCLE_LUA.replace("__KEY__", ctx.keys["cycles"]))
     cpu_before = cpu_seconds(ctx.server_pid)
+    pg_before = postgres_cpu_seconds()
     result = await asyncio.to_thread(
         subprocess.run,
         [
@@ -258,6 +265,7 @@ async def unbatched_cycles(ctx: Context) -> float:
     cycles, failures, seconds = int(found[1]), int(found[2]), float(found[3])
     assert failures == 0, f"{failures} life-cycle requests failed:\n{result.stdout}"
     ctx.extra["cycles_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - cpu_before) / max(1, cycles)
+    ctx.extra["cycles_pg_cpu_per_unit"] = (postgres_cpu_seconds() - pg_before) / max(1, cycles)
     return cycles / seconds
 
 
@@ -359,6 +367,20 @@ def _status_kib(pid: int, field_name: str) -> int:
         except OSError:
             continue
     return total
+
+
+def postgres_cpu_seconds() -> float:
+    """User and system CPU of every PostgreSQL process on this machine so far (the bench's
+    database is the only busy one while it runs)."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                raw = (entry / "stat").read_text()
+                if raw[raw.index("(") + 1 : raw.rindex(")")] == "postgres":
+                    fields = raw.rsplit(")", 1)[1].split()
+                    ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
