@@ -128,22 +128,26 @@ async def append_under_lease(
     """
     check_request(spec)
     row = await tx.one(
-        "append_leased_receipt",
-        tenant=identity.tenant,
-        receipt_id=spec.get("receipt_id") or new_id(),
-        type=spec["type"],
-        task_id=spec["task_id"],
-        from_principal=identity.principal,
-        lease_id=spec["lease_id"],
-        parent_receipt_ids=spec["parent_receipt_ids"],
-        body=spec["body"],
-        artifacts=spec["artifacts"],
-        delivery_proof=spec.get("delivery_proof"),
-        content_hash=fingerprint(content_of(spec)),
-        created_at=now,
-        now=now,
+        "append_leased_receipt", **_leased_receipt(identity, spec), created_at=now, now=now
     )
     return None if row is None else ReceiptResult(receipt_view(row), [])
+
+
+def _leased_receipt(identity: Identity, spec: dict[str, Any]) -> dict[str, Any]:
+    """The parameters the one-statement receipt writes share: the receipt as the client sent it."""
+    return {
+        "tenant": identity.tenant,
+        "receipt_id": spec.get("receipt_id") or new_id(),
+        "type": spec["type"],
+        "task_id": spec["task_id"],
+        "from_principal": identity.principal,
+        "lease_id": spec["lease_id"],
+        "parent_receipt_ids": spec["parent_receipt_ids"],
+        "body": spec["body"],
+        "artifacts": spec["artifacts"],
+        "delivery_proof": spec.get("delivery_proof"),
+        "content_hash": fingerprint(content_of(spec)),
+    }
 
 
 def settles_at_once(spec: dict[str, Any]) -> bool:
@@ -171,21 +175,12 @@ async def settle_under_lease(
     the caller then runs ``write``, which finds out which and answers accordingly.
     """
     rule = check_request(spec)
-    parent_ids = spec["parent_receipt_ids"]
-    decision = termination.decide(rule, parent_ids, spec["artifacts"], spec.get("delivery_proof"))
+    decision = termination.decide(
+        rule, spec["parent_receipt_ids"], spec["artifacts"], spec.get("delivery_proof")
+    )
     row = await tx.one(
         "settle_under_lease",
-        tenant=identity.tenant,
-        receipt_id=spec.get("receipt_id") or new_id(),
-        type=spec["type"],
-        task_id=spec["task_id"],
-        from_principal=identity.principal,
-        lease_id=spec["lease_id"],
-        parent_receipt_ids=parent_ids,
-        body=spec["body"],
-        artifacts=spec["artifacts"],
-        delivery_proof=spec.get("delivery_proof"),
-        content_hash=fingerprint(content_of(spec)),
+        **_leased_receipt(identity, spec),
         state=termination.next_state(rule, "ACTIVE"),
         closes=decision.closes_named_obligations,
         now=now,
