@@ -396,12 +396,3 @@ def _new_task_state(now: datetime) -> dict[str, Any]:
         "obligation_closed_by": None,
         "updated_at": now,
     }
-
-
-def _obligation_row(task: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **obligation_receipt(task),
-        "tenant": task["tenant"],
-        "stripped_parent_receipt_ids": None,
-        "content_hash": task["request_hash"],
-    }

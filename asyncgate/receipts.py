@@ -5,7 +5,7 @@ Each function runs inside the caller's transaction; nothing here commits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ class ReceiptResult:
     terminated: list[str]
     anomalies: list[dict[str, Any]] = field(default_factory=list)
     replayed: bool = False
+    # Set on results written in this transaction, to tell a replay later in a batch from reuse.
     content_hash: str | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -265,9 +266,7 @@ async def write(
         if earlier is not None:
             if earlier.content_hash != content_hash:
                 raise _reused_receipt_id(prefix)
-            return ReceiptResult(
-                earlier.receipt, earlier.terminated, earlier.anomalies, replayed=True
-            )
+            return replace(earlier, replayed=True)
         existing = await tx.one("get_receipt", tenant=tenant, receipt_id=receipt_id)
         if existing is not None:
             return await replay(tx, tenant, existing, content_hash, prefix)
@@ -354,9 +353,11 @@ async def write(
             writes.effect(owner, now)["closed_by"] = receipt_id
             owner["obligation_open"] = False
     result = ReceiptResult(
-        receipt_view(receipt), terminated, [receipt_view(row) for row in rows[1:]]
+        receipt_view(receipt),
+        terminated,
+        [receipt_view(row) for row in rows[1:]],
+        content_hash=content_hash,
     )
-    result.content_hash = content_hash
     writes.written[receipt_id] = result
     return result
 
