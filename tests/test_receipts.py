@@ -382,6 +382,35 @@ def test_receipt_batch_applies_in_order(client):
     assert results[2]["terminated"] == [task["obligation_receipt_id"]]
 
 
+def test_a_receipt_id_repeated_in_one_batch_is_a_replay_of_the_first(client):
+    task = client.create_task()
+    failure = {
+        "type": "task.failure",
+        "task_id": task["task_id"],
+        "parent_receipt_ids": [task["obligation_receipt_id"]],
+        "receipt_id": str(uuid.uuid4()),
+    }
+    result = client.post("/v1/receipts/batch", json={"receipts": [failure, failure]})
+    assert result.status_code == 201, result.text
+    first, again = result.json["results"]
+    assert again == first
+    assert first["terminated"] == [task["obligation_receipt_id"]]
+    ledger = client.get(f"/v1/receipts?task_id={task['task_id']}").json
+    assert [r["type"] for r in ledger] == ["task.assigned", "task.failure"]
+
+
+def test_a_receipt_id_reused_with_other_content_in_one_batch_writes_nothing(client):
+    task = client.create_task()
+    failure = {"type": "task.failure", "task_id": task["task_id"], "receipt_id": str(uuid.uuid4())}
+    result = client.post(
+        "/v1/receipts/batch", json={"receipts": [failure, {**failure, "body": {"x": 1}}]}
+    )
+    assert result.status_code == 409
+    assert result.json["field"] == "receipts.1.receipt_id"
+    ledger = client.get(f"/v1/receipts?task_id={task['task_id']}").json
+    assert [r["type"] for r in ledger] == ["task.assigned"]
+
+
 def test_receipt_batch_is_all_or_nothing(client):
     task, grant = started_task(client)
     result = client.post(
