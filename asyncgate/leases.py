@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -85,38 +86,55 @@ async def claim_once(
     return granted, [receipt_view(row) for row in anomalies]
 
 
-async def claim_at_once(
-    tx: Tx,
-    now: datetime,
-    identity: Identity,
-    worker: str,
-    types: list[str] | None,
-    max_tasks: int,
-    ttl_seconds: int,
-) -> list[dict[str, Any]] | None:
-    """``claim_once`` in one statement, for dialects with the ``claim_at_once`` fast path.
+@dataclass(frozen=True)
+class Claim:
+    """One claim request, as ``claim_at_once`` joins it with others of its tenant and types."""
 
-    ``None`` means a candidate's lease had expired: taking it over writes an anomaly, which
-    only the general path does, so nothing was written and the caller runs ``claim_once``.
+    worker: str
+    max_tasks: int
+    ttl_seconds: int
+
+
+async def claim_at_once(
+    tx: Tx, now: datetime, tenant: str, types: list[str] | None, claims: list[Claim]
+) -> list[list[dict[str, Any]]] | None:
+    """``claim_once`` for several claims in one statement, for dialects with the
+    ``claim_at_once`` fast path; returns each claim's grants, in order.
+
+    Each claim gets ``max_tasks`` slots, numbered in the order of ``claims``; the statement
+    fills the slots with candidates in priority order, so the first claim gets the first
+    tasks. ``None`` means a candidate's lease had expired: taking it over writes an anomaly,
+    which only the general path does, so nothing was written and each claim runs
+    ``claim_once``.
     """
-    expires_at = now + timedelta(seconds=ttl_seconds)
-    rows = await tx.all(
-        "claim_at_once",
-        tenant=identity.tenant,
-        now=now,
-        types=types,
-        limit=max_tasks,
-        worker=worker,
-        expires_at=expires_at,
+    slots: list[dict[str, Any]] = []
+    owners: dict[str, tuple[int, int]] = {}
+    for index, claim in enumerate(claims):
+        expires_at = now + timedelta(seconds=claim.ttl_seconds)
+        for _ in range(claim.max_tasks):
+            lease_id = new_id()
+            owners[lease_id] = (len(slots), index)
+            slots.append(
+                {
+                    "slot": len(slots) + 1,
+                    "lease_id": lease_id,
+                    "worker": claim.worker,
+                    "expires_at": expires_at,
+                }
+            )
+    rows = await tx.many_returning(
+        "claim_at_once", slots, tenant=tenant, types=types, limit=len(slots), now=now
     )
     if not all(row["granted"] for row in rows):
         return None
-    return [
-        {
-            "lease_id": row["lease_id"],
-            "lease_generation": row["lease_generation"],
-            "expires_at": expires_at,
-            "task": task_view(row, now),
-        }
-        for row in rows
-    ]
+    grants: list[list[dict[str, Any]]] = [[] for _ in claims]
+    for row in sorted(rows, key=lambda row: owners[row["lease_id"]]):
+        grants[owners[row["lease_id"]][1]].append(
+            {
+                "lease_id": row["lease_id"],
+                "lease_generation": row["lease_generation"],
+                "expires_at": row["lease_expires_at"],
+                "task": task_view(row, now),
+            }
+        )
+    return grants

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from asyncgate import leases, receipts
+from asyncgate.coalesce import Coalescer
 from asyncgate.errors import conflict, invalid, not_found
 from asyncgate.ids import fingerprint, new_id, utcnow
 from asyncgate.metrics import Metrics
@@ -46,6 +47,21 @@ class Ledger:
         # Shutdown has begun: long-poll claims stop waiting, so the server can drain.
         self._stopping = False
         self._waiting: Counter[str] = Counter()
+        # Concurrent one-statement writes of a kind go to the database together.
+        self._creates: Coalescer[list[Row], bool] = Coalescer(self._send_creates)
+        self._claims: Coalescer[leases.Claim, list[dict[str, Any]] | None] = Coalescer(
+            self._send_claims
+        )
+        self._appends: Coalescer[Row, Row | None] = Coalescer(
+            lambda _, rows: self._write_at_once("append", "append_leased_receipt", rows)
+        )
+        self._settles: Coalescer[Row, Row | None] = Coalescer(
+            lambda _, rows: self._write_at_once("settle", "settle_under_lease", rows)
+        )
+        self._joined_counts = {
+            kind: metrics.joined_requests.labels(kind)
+            for kind in ("create", "claim", "append", "settle")
+        }
 
     async def _in_transaction(self, work: Callable[[Tx, datetime], Awaitable[Any]]) -> Any:
         unique = transient = 0
@@ -65,6 +81,67 @@ class Ledger:
                     raise StorageUnavailable(f"contention persisted: {exc}") from exc
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**transient))
 
+    async def _joined(self, kind: str, items: int, write: Callable[[], Awaitable[Any]]) -> Any:
+        """Run the one-statement write of ``items`` joined requests.
+
+        ``None`` when it failed in a way that each request should find out alone: one
+        request's bad row must not fail the others, and a conflict or deadlock is for the
+        general path. Nothing was written, as the write is one statement.
+        """
+        self._joined_counts[kind].observe(items)
+        try:
+            return await write()
+        except StorageUnavailable:
+            raise
+        except (UniqueViolation, TransientConflict):
+            return None
+        except Exception:
+            if items == 1:
+                raise
+            return None
+
+    async def _write_at_once(self, kind: str, query: str, rows: list[Row]) -> list[Row | None]:
+        """A fast-path receipt statement (see ``write_receipts``) for joined requests' rows:
+        for each, the receipt it wrote, or ``None`` if it wrote nothing."""
+        now = utcnow()
+        for row in rows:
+            row["created_at"] = now
+
+        async def write() -> list[Row]:
+            async with self.dialect.autocommit() as tx:
+                return await tx.many_returning(query, rows, now=now)
+
+        written = await self._joined(kind, len(rows), write)
+        if written is None:
+            return [None] * len(rows)
+        by_id = {(row["tenant"], row["receipt_id"]): row for row in written}
+        # Popped, so that of two rows with one receipt_id only the one written gets the row.
+        return [by_id.pop((row["tenant"], row["receipt_id"]), None) for row in rows]
+
+    async def _send_creates(self, _: object, requests: list[list[Row]]) -> list[bool]:
+        async def write() -> bool:
+            async with self.dialect.autocommit() as tx:
+                # Tasks, their obligation receipts and the wake-up hint: one statement.
+                await tx.many("insert_tasks", [row for rows in requests for row in rows])
+            return True
+
+        done = await self._joined("create", len(requests), write)
+        return [bool(done)] * len(requests)
+
+    async def _send_claims(
+        self, group: tuple[str, tuple[str, ...] | None], claims: list[leases.Claim]
+    ) -> list[list[dict[str, Any]] | None]:
+        tenant, types = group
+
+        async def write() -> list[list[dict[str, Any]]] | None:
+            async with self.dialect.autocommit() as tx:
+                return await leases.claim_at_once(
+                    tx, utcnow(), tenant, None if types is None else list(types), claims
+                )
+
+        grants = await self._joined("claim", len(claims), write)
+        return [None] * len(claims) if grants is None else grants
+
     # Tasks -------------------------------------------------------------------------------
 
     async def create_tasks(
@@ -73,13 +150,10 @@ class Ledger:
         """Create tasks with their obligations; returns (task, created) per spec, in order."""
         keys = sorted({key for spec in specs if (key := spec.get("idempotency_key")) is not None})
 
-        async def work(tx: Tx, now: datetime) -> list[tuple[dict[str, Any], bool]]:
-            known: dict[str, Row] = {}
-            if keys:
-                rows = await tx.all("tasks_by_idempotency_keys", tenant=identity.tenant, keys=keys)
-                known = {row["idempotency_key"]: row for row in rows}
-            results: list[tuple[dict[str, Any], bool]] = []
-            new_tasks: list[dict[str, Any]] = []
+        def plan(known: dict[str, Row], now: datetime) -> tuple[list[tuple[Row, bool]], list[Row]]:
+            """Each spec's task (existing or new) and whether it is new; the rows to insert."""
+            results: list[tuple[Row, bool]] = []
+            new_tasks: list[Row] = []
             for index, spec in enumerate(specs):
                 content = {
                     "type": spec["type"],
@@ -113,20 +187,32 @@ class Ledger:
                     known[key] = {**task, **_new_task_state(now)}
                 new_tasks.append(task)
                 results.append((task, True))
-            # Tasks, their obligation receipts and the wake-up hint: one statement on PostgreSQL.
-            await tx.many("insert_tasks", new_tasks)
+            return results, new_tasks
+
+        def views(results: list[tuple[Row, bool]], now: datetime) -> list[tuple[Row, bool]]:
             return [
                 (task_view({**task, **_new_task_state(now)} if created else task, now), created)
                 for task, created in results
             ]
 
         if keys:
+
+            async def work(tx: Tx, now: datetime) -> list[tuple[dict[str, Any], bool]]:
+                rows = await tx.all("tasks_by_idempotency_keys", tenant=identity.tenant, keys=keys)
+                results, new_tasks = plan({row["idempotency_key"]: row for row in rows}, now)
+                await tx.many("insert_tasks", new_tasks)
+                return views(results, now)
+
             results = await self._in_transaction(work)
         else:
             # Without idempotency keys nothing is read and the write is one statement, which
-            # commits on its own: no transaction to open and close.
-            async with self.dialect.autocommit() as tx:
-                results = await work(tx, utcnow())
+            # commits on its own, joined with concurrent requests' tasks.
+            now = utcnow()
+            planned, new_tasks = plan({}, now)
+            if not await self._creates.submit(new_tasks):
+                async with self.dialect.autocommit() as tx:
+                    await tx.many("insert_tasks", new_tasks)
+            results = views(planned, now)
         created = sum(1 for _, was_created in results if was_created)
         if created:
             self.metrics.tasks_created.inc(created)
@@ -178,10 +264,11 @@ class Ledger:
         while True:
             granted, anomalies = None, []
             if at_once:
-                async with self.dialect.autocommit() as tx:
-                    granted = await leases.claim_at_once(
-                        tx, utcnow(), identity, worker, types, max_tasks, ttl_seconds
-                    )
+                # Joined with concurrent claims of the same tenant and type filter.
+                granted = await self._claims.submit(
+                    leases.Claim(worker, max_tasks, ttl_seconds),
+                    (identity.tenant, None if types is None else tuple(sorted(set(types)))),
+                )
             if granted is None:
                 granted, anomalies = await self._in_transaction(
                     lambda tx, now: leases.claim_once(
@@ -261,20 +348,19 @@ class Ledger:
     ) -> list[receipts.ReceiptResult]:
         """Write receipts in order, all or nothing."""
         results = None
-        fast_path = None
         if not batch:
+            # The fast paths: one statement, joined with concurrent requests' receipts.
+            row = None
             if receipts.on_hot_path(specs[0]):
-                fast_path = receipts.append_under_lease
+                row = await self._appends.submit(receipts.append_row(identity, specs[0]))
             elif "settle_under_lease" in self.dialect.fast_paths and receipts.settles_at_once(
                 specs[0]
             ):
-                fast_path = receipts.settle_under_lease
-        if fast_path is not None:
-            # One statement on its own: no transaction to open and close. None means a
-            # condition of the fast path failed; the general path below finds out which.
-            async with self.dialect.autocommit() as tx:
-                fast = await fast_path(tx, identity, specs[0], utcnow())
-            results = None if fast is None else [fast]
+                row = await self._settles.submit(receipts.settle_row(identity, specs[0]))
+            # None means a condition of the fast path failed; the general path below finds
+            # out which.
+            if row is not None:
+                results = [receipts.written_at_once(row)]
 
         async def work(tx: Tx, now: datetime) -> list[receipts.ReceiptResult]:
             writes = await receipts.lock(tx, identity.tenant, specs)

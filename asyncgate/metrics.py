@@ -26,6 +26,13 @@ class Metrics:
         self.receipts_written = Counter(
             "asyncgate_receipts_written", "Client receipts written", ["type"], registry=r
         )
+        self.joined_requests = Histogram(
+            "asyncgate_joined_requests",
+            "Requests whose writes shared one statement (see coalesce.py), by kind of write",
+            ["kind"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
         self.anomalies = Counter(
             "asyncgate_anomalies", "Anomalies recorded or raised", ["type"], registry=r
         )

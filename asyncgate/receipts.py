@@ -118,23 +118,17 @@ def on_hot_path(spec: dict[str, Any]) -> bool:
     )
 
 
-async def append_under_lease(
-    tx: Tx, identity: Identity, spec: dict[str, Any], now: datetime
-) -> ReceiptResult | None:
-    """Write a hot-path receipt (see ``on_hot_path``) in one statement.
-
-    The statement writes only if the lease is the task's current unexpired one, every parent
-    exists and the receipt_id is new. ``None`` means some condition failed: the caller then
-    runs ``write``, which finds out which and answers accordingly.
+def append_row(identity: Identity, spec: dict[str, Any]) -> Row:
+    """A hot-path receipt (see ``on_hot_path``) as a row of the ``append_leased_receipt``
+    statement, which writes it only if the lease is the task's current unexpired one, every
+    parent exists and the receipt_id is new. When the statement writes nothing, the caller
+    runs ``write``, which finds out why and answers accordingly.
     """
     check_request(spec)
-    row = await tx.one(
-        "append_leased_receipt", **_leased_receipt(identity, spec), created_at=now, now=now
-    )
-    return None if row is None else ReceiptResult(receipt_view(row), [])
+    return _leased_receipt(identity, spec)
 
 
-def _leased_receipt(identity: Identity, spec: dict[str, Any]) -> dict[str, Any]:
+def _leased_receipt(identity: Identity, spec: dict[str, Any]) -> Row:
     """The parameters the one-statement receipt writes share: the receipt as the client sent it."""
     return {
         "tenant": identity.tenant,
@@ -165,30 +159,28 @@ def settles_at_once(spec: dict[str, Any]) -> bool:
     return decision.anomaly is None
 
 
-async def settle_under_lease(
-    tx: Tx, identity: Identity, spec: dict[str, Any], now: datetime
-) -> ReceiptResult | None:
-    """Write a terminating receipt (see ``settles_at_once``) in one statement.
+def settle_row(identity: Identity, spec: dict[str, Any]) -> Row:
+    """A terminating receipt (see ``settles_at_once``) as a row of the ``settle_under_lease``
+    statement, with the truth table's decision made here, as in ``write``.
 
-    The truth table decides here, as in ``write``; the statement applies the decision only if
-    the lease is the task's current unexpired one, every parent exists, none of them is
-    another task's obligation and the receipt_id is new. ``None`` means some condition failed:
-    the caller then runs ``write``, which finds out which and answers accordingly.
+    The statement applies the decision only if the lease is the task's current unexpired one,
+    every parent exists, none of them is another task's obligation and the receipt_id is new.
+    When it writes nothing, the caller runs ``write``, which finds out why and answers.
     """
     rule = check_request(spec)
     decision = termination.decide(
         rule, spec["parent_receipt_ids"], spec["artifacts"], spec.get("delivery_proof")
     )
-    row = await tx.one(
-        "settle_under_lease",
+    return {
         **_leased_receipt(identity, spec),
-        state=termination.next_state(rule, "ACTIVE"),
-        closes=decision.closes_named_obligations,
-        now=now,
-    )
-    if row is None:
-        return None
-    closed = row.pop("terminated_obligation")
+        "state": termination.next_state(rule, "ACTIVE"),
+        "closes": decision.closes_named_obligations,
+    }
+
+
+def written_at_once(row: Row) -> ReceiptResult:
+    """The answer for a receipt that a one-statement write (append or settle) wrote."""
+    closed = row.pop("terminated_obligation", None)
     return ReceiptResult(receipt_view(row), [closed] if closed else [])
 
 

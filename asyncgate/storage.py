@@ -78,6 +78,13 @@ class Tx(Protocol):
         does, as a JSON recordset), so the rows of one call must not depend on each other."""
         ...
 
+    async def many_returning(
+        self, query: str, rows: Sequence[Mapping[str, Any]], **params: Any
+    ) -> list[Row]:
+        """``many`` for a write that returns rows (those it wrote, say), with ``params`` shared
+        by every row. Returned rows need not follow the input's order."""
+        ...
+
 
 class Dialect(Protocol):
     """A storage backend. Created by the ``asyncgate_dialect`` hook, opened at startup."""

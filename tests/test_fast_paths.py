@@ -76,7 +76,10 @@ def success(grant: dict[str, Any], **fields: Any) -> dict[str, Any]:
 async def settle(ledger: Ledger, identity: Identity, receipt: dict[str, Any]) -> Any:
     assert receipts.settles_at_once(receipt)
     async with ledger.dialect.autocommit() as tx:
-        return await receipts.settle_under_lease(tx, identity, receipt, utcnow())
+        rows = await tx.many_returning(
+            "settle_under_lease", [receipts.settle_row(identity, receipt)], now=utcnow()
+        )
+    return receipts.written_at_once(rows[0]) if rows else None
 
 
 @pytest.mark.anyio
@@ -149,8 +152,11 @@ async def test_claim_at_once_grants_pending_tasks_in_priority_order(
         identity, [spec(type=kind, priority=p) for p in (1, 5, 3)], batch=True
     )
     async with ledger.dialect.autocommit() as tx:
-        grants = await leases.claim_at_once(tx, utcnow(), identity, "worker:w", [kind], 2, 60)
-    assert grants is not None
+        claimed = await leases.claim_at_once(
+            tx, utcnow(), identity.tenant, [kind], [leases.Claim("worker:w", 2, 60)]
+        )
+    assert claimed is not None
+    [grants] = claimed
     assert [g["task"]["priority"] for g in grants] == [5, 3]
     assert {g["task"]["task_id"] for g in grants} < {task["task_id"] for task, _ in created}
     for grant in grants:
@@ -167,7 +173,7 @@ async def test_claim_at_once_leaves_a_takeover_to_the_general_path(
     later = utcnow() + timedelta(seconds=5)  # the lease has expired by then
     async with ledger.dialect.autocommit() as tx:
         taken = await leases.claim_at_once(
-            tx, later, identity, "worker:w2", [grant["task"]["type"]], 1, 60
+            tx, later, identity.tenant, [grant["task"]["type"]], [leases.Claim("worker:w2", 1, 60)]
         )
     assert taken is None
     # Nothing was written: the old lease is still the task's, and no new lease exists.

@@ -13,17 +13,18 @@ from asyncgate.storage import load_queries
 
 SQLITE_PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 PG_PARAM = re.compile(r"%\(([a-z_][a-z0-9_]*)\)s")
-# A query run by ``many`` on PostgreSQL takes its rows as one JSON recordset; its columns are
-# the parameters SQLite's form of the query takes per row.
+# A query run by ``many`` or ``many_returning`` on PostgreSQL takes its rows as one JSON
+# recordset; its columns, with any parameters shared by every row, are the parameters SQLite's
+# form of the query takes per row.
 PG_RECORDSET = re.compile(r"json_to_recordset\(%\(rows\)s::json\) AS r\(([^)]*)\)")
 
 
 def pg_parameters(sql: str) -> set[str]:
     names = set(PG_PARAM.findall(sql))
-    if names != {"rows"}:
+    if "rows" not in names:
         return names
     [columns] = PG_RECORDSET.findall(sql)
-    return {column.split()[0] for column in columns.split(",")}
+    return names - {"rows"} | {column.split()[0] for column in columns.split(",")}
 
 
 def queries(module: object) -> dict[str, str]:

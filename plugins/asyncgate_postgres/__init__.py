@@ -169,6 +169,13 @@ class PostgresTx:
         if rows:
             await self.conn.execute(QUERIES[query], {"rows": Json(rows)})
 
+    async def many_returning(
+        self, query: str, rows: Sequence[Mapping[str, Any]], **params: Any
+    ) -> list[Row]:
+        # As ``many``: one statement, whatever the number of rows.
+        cursor = await self.conn.execute(QUERIES[query], {"rows": Json(rows), **to_db(params)})
+        return await cursor.fetchall()
+
 
 class _Borrowed:
     """``async with dialect._connection() as conn``: a pooled connection, given back on exit,

@@ -147,25 +147,38 @@ FROM json_to_recordset(%(rows)s::json) AS r(
     content_hash text, created_at timestamptz);
 
 -- append_leased_receipt --
--- Write a receipt only under the task's current unexpired lease, with every parent present.
--- FOR SHARE: concurrent reports on one task do not wait for each other, but a terminal
--- receipt (which locks the task FOR UPDATE) is waited for and then re-checked.
-WITH task AS (
-    SELECT task_id, principal FROM tasks
-    WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid AND lease_id = %(lease_id)s::uuid
-      AND state = 'ACTIVE' AND lease_expires_at > %(now)s
-    FOR SHARE
+-- Write receipts, each only under its task's current unexpired lease with every parent present;
+-- rows are one JSON recordset (the ledger joins concurrent requests' rows: see coalesce.py).
+-- FOR SHARE, in task order: concurrent reports on one task do not wait for each other, but a
+-- terminal receipt (which locks the task FOR UPDATE) is waited for and then re-checked. A row
+-- whose conditions fail, or whose receipt_id is taken, writes nothing and returns nothing.
+WITH r AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS r(
+        tenant text, receipt_id uuid, type text, task_id uuid, from_principal text,
+        lease_id uuid, parent_receipt_ids uuid[], body jsonb, artifacts jsonb,
+        delivery_proof jsonb, content_hash text, created_at timestamptz)
+), leased AS (
+    -- Each task locked through its primary key alone, in task order, then checked as locked:
+    -- the lease conditions inside would let the planner scan every leased task instead.
+    SELECT t.* FROM (SELECT DISTINCT tenant, task_id FROM r ORDER BY task_id) AS asked,
+    LATERAL (
+        SELECT tenant, task_id, lease_id, principal, state, lease_expires_at FROM tasks
+        WHERE tenant = asked.tenant AND task_id = asked.task_id
+        OFFSET 0  -- keeps the lease conditions out: the planner would push them in
+        FOR SHARE
+    ) AS t
+    WHERE t.state = 'ACTIVE' AND t.lease_expires_at > %(now)s
 )
 INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
                       parent_receipt_ids, stripped_parent_receipt_ids, body, artifacts,
                       delivery_proof, content_hash, created_at)
-SELECT %(tenant)s, %(receipt_id)s::uuid, %(type)s, task.task_id, %(from_principal)s, task.principal,
-       %(lease_id)s::uuid, %(parent_receipt_ids)s::uuid[], NULL, %(body)s::jsonb,
-       %(artifacts)s::jsonb, %(delivery_proof)s::jsonb, %(content_hash)s, %(created_at)s
-FROM task
-WHERE cardinality(%(parent_receipt_ids)s::uuid[]) = (
+SELECT r.tenant, r.receipt_id, r.type, r.task_id, r.from_principal, leased.principal,
+       r.lease_id, r.parent_receipt_ids, NULL, r.body, r.artifacts, r.delivery_proof,
+       r.content_hash, r.created_at
+FROM r JOIN leased USING (tenant, task_id, lease_id)
+WHERE cardinality(r.parent_receipt_ids) = (
     SELECT count(*) FROM receipts p
-    WHERE p.tenant = %(tenant)s AND p.receipt_id = ANY(%(parent_receipt_ids)s::uuid[]))
+    WHERE p.tenant = r.tenant AND p.receipt_id = ANY(r.parent_receipt_ids))
 ON CONFLICT DO NOTHING
 RETURNING *;
 
@@ -282,12 +295,17 @@ SELECT 1 AS ok;
 SELECT pg_notify('asyncgate_tasks', %(tenant)s);
 
 -- claim_at_once --
--- Fast path (PostgreSQL only; see PostgresDialect.fast_paths): a claim in one statement when it
--- takes over no expired lease. The candidates are claim_candidates', leased with fresh ids and
--- given their lease records. Every candidate comes back with `granted`: if any of them is a
--- takeover (which must write its anomaly), nothing is written and the ledger runs the general
--- claim instead.
-WITH expired AS (
+-- Fast path (PostgreSQL only; see PostgresDialect.fast_paths): claims of one tenant and type
+-- filter in one statement, when they take over no expired lease. Rows are one JSON recordset
+-- of slots, one per task asked for, numbered in the order the claims came (concurrent claims
+-- joined: see coalesce.py), each with its lease id, worker and expiry. The candidates are
+-- claim_candidates', numbered in priority order; candidate n goes to slot n, with its lease
+-- record. Every candidate comes back with `granted`: if any of them is a takeover (which must
+-- write its anomaly), nothing is written and the ledger runs the general claim instead.
+WITH slots AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json) AS r(
+        slot bigint, lease_id uuid, worker text, expires_at timestamptz)
+), expired AS (
     SELECT task_id FROM tasks
     WHERE tenant = %(tenant)s AND state = 'ACTIVE' AND lease_expires_at <= %(now)s::timestamptz
       AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
@@ -302,19 +320,23 @@ WITH expired AS (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), candidates AS (
-    SELECT * FROM tasks
-    WHERE tenant = %(tenant)s
-      AND task_id IN (SELECT task_id FROM expired UNION ALL SELECT task_id FROM pending)
-    ORDER BY priority DESC, created_at, task_id
-    LIMIT %(limit)s
+    SELECT task_id, state,
+           row_number() OVER (ORDER BY priority DESC, created_at, task_id) AS slot
+    FROM (
+        SELECT task_id, state, priority, created_at FROM tasks
+        WHERE tenant = %(tenant)s
+          AND task_id IN (SELECT task_id FROM expired UNION ALL SELECT task_id FROM pending)
+        ORDER BY priority DESC, created_at, task_id
+        LIMIT %(limit)s
+    ) AS first
 ), takeover AS (
     SELECT EXISTS (SELECT 1 FROM candidates WHERE state = 'ACTIVE') AS needed
 ), granted AS (
     UPDATE tasks t
-    SET state = 'ACTIVE', lease_id = gen_random_uuid(), lease_worker = %(worker)s,
-        lease_expires_at = %(expires_at)s, lease_generation = t.lease_generation + 1,
+    SET state = 'ACTIVE', lease_id = s.lease_id, lease_worker = s.worker,
+        lease_expires_at = s.expires_at, lease_generation = t.lease_generation + 1,
         updated_at = %(now)s
-    FROM candidates c
+    FROM candidates c JOIN slots s USING (slot)
     WHERE t.tenant = %(tenant)s AND t.task_id = c.task_id AND NOT (SELECT needed FROM takeover)
     RETURNING t.*
 ), leases_in AS (
@@ -324,60 +346,77 @@ WITH expired AS (
 )
 SELECT *, true AS granted FROM granted
 UNION ALL
-SELECT *, false AS granted FROM candidates WHERE (SELECT needed FROM takeover)
-ORDER BY priority DESC, created_at, task_id;
+SELECT t.*, false AS granted FROM tasks t JOIN candidates c USING (task_id)
+WHERE t.tenant = %(tenant)s AND (SELECT needed FROM takeover);
 
 -- settle_under_lease --
--- Fast path (PostgreSQL only; see PostgresDialect.fast_paths): a terminating receipt in one
+-- Fast path (PostgreSQL only; see PostgresDialect.fast_paths): terminating receipts in one
 -- statement, in the common case: under the task's current unexpired lease, every parent
 -- present, none of them another task's obligation, no anomaly to write. The ledger has applied
--- the truth table already (new state, whether named obligations close); here the task takes
--- its state, its lease ends, and its obligation closes if named and still open. If any
--- condition fails or the receipt_id is taken, nothing is written and no row returns: the ledger
--- then runs the general path, which tells why.
-WITH task AS (
-    SELECT task_id, principal, obligation_receipt_id, obligation_open FROM tasks
-    WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid AND lease_id = %(lease_id)s::uuid
-      AND state = 'ACTIVE' AND lease_expires_at > %(now)s
-      AND cardinality(%(parent_receipt_ids)s::uuid[]) = (
+-- the truth table already (each row's new state, whether named obligations close); here the
+-- task takes its state, its lease ends, and its obligation closes if named and still open.
+-- Rows are one JSON recordset (concurrent requests' rows: see coalesce.py), at most one per
+-- task. A row whose conditions fail, or whose receipt_id is taken, writes nothing and returns
+-- nothing: the ledger then runs the general path for it, which tells why.
+WITH r AS (
+    SELECT DISTINCT ON (tenant, task_id) * FROM json_to_recordset(%(rows)s::json) AS r(
+        tenant text, receipt_id uuid, type text, task_id uuid, from_principal text,
+        lease_id uuid, parent_receipt_ids uuid[], body jsonb, artifacts jsonb,
+        delivery_proof jsonb, content_hash text, state text, closes boolean)
+    ORDER BY tenant, task_id
+), checked AS (
+    SELECT * FROM r
+    WHERE cardinality(r.parent_receipt_ids) = (
           SELECT count(*) FROM receipts p
-          WHERE p.tenant = %(tenant)s AND p.receipt_id = ANY(%(parent_receipt_ids)s::uuid[]))
+          WHERE p.tenant = r.tenant AND p.receipt_id = ANY(r.parent_receipt_ids))
       AND NOT EXISTS (
           SELECT 1 FROM tasks o
-          WHERE o.tenant = %(tenant)s
-            AND o.obligation_receipt_id = ANY(%(parent_receipt_ids)s::uuid[])
-            AND o.task_id <> %(task_id)s::uuid)
-    FOR UPDATE
+          WHERE o.tenant = r.tenant AND o.obligation_receipt_id = ANY(r.parent_receipt_ids)
+            AND o.task_id <> r.task_id)
+    ORDER BY tenant, task_id
+), task AS (
+    -- Each task locked through its primary key alone, in task order, then checked as locked:
+    -- the lease conditions inside would let the planner scan every leased task instead.
+    SELECT t.tenant, t.task_id, t.principal, t.obligation_receipt_id, r.state,
+           t.obligation_open AND r.closes
+               AND t.obligation_receipt_id = ANY(r.parent_receipt_ids) AS closes_own
+    FROM checked AS r,
+    LATERAL (
+        SELECT tenant, task_id, principal, obligation_receipt_id, obligation_open, lease_id,
+               state, lease_expires_at
+        FROM tasks
+        WHERE tenant = r.tenant AND task_id = r.task_id
+        OFFSET 0  -- keeps the lease conditions out: the planner would push them in
+        FOR UPDATE
+    ) AS t
+    WHERE t.lease_id = r.lease_id AND t.state = 'ACTIVE' AND t.lease_expires_at > %(now)s
 ), receipt AS (
     INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal,
                           lease_id, parent_receipt_ids, stripped_parent_receipt_ids, body,
                           artifacts, delivery_proof, content_hash, created_at)
-    SELECT %(tenant)s, %(receipt_id)s::uuid, %(type)s, task.task_id, %(from_principal)s,
-           task.principal, %(lease_id)s::uuid, %(parent_receipt_ids)s::uuid[], NULL,
-           %(body)s::jsonb, %(artifacts)s::jsonb, %(delivery_proof)s::jsonb, %(content_hash)s,
-           %(now)s
-    FROM task
+    SELECT r.tenant, r.receipt_id, r.type, r.task_id, r.from_principal, task.principal,
+           r.lease_id, r.parent_receipt_ids, NULL, r.body, r.artifacts, r.delivery_proof,
+           r.content_hash, %(now)s
+    FROM r JOIN task USING (tenant, task_id)
     ON CONFLICT DO NOTHING
     RETURNING *
-), closing AS (
-    SELECT task.obligation_open AND %(closes)s::boolean
-           AND task.obligation_receipt_id = ANY(%(parent_receipt_ids)s::uuid[]) AS own
-    FROM task
 ), settled AS (
     UPDATE tasks t
-    SET state = %(state)s, lease_id = NULL, lease_worker = NULL, lease_expires_at = NULL,
-        obligation_open = t.obligation_open AND NOT closing.own,
-        obligation_closed_by = CASE WHEN closing.own THEN receipt.receipt_id
+    SET state = task.state, lease_id = NULL, lease_worker = NULL, lease_expires_at = NULL,
+        obligation_open = t.obligation_open AND NOT task.closes_own,
+        obligation_closed_by = CASE WHEN task.closes_own THEN receipt.receipt_id
                                     ELSE t.obligation_closed_by END,
         updated_at = %(now)s
-    FROM receipt, closing
-    WHERE t.tenant = %(tenant)s AND t.task_id = receipt.task_id
-    RETURNING t.obligation_receipt_id, closing.own
+    FROM receipt JOIN task USING (tenant, task_id)
+    WHERE t.tenant = receipt.tenant AND t.task_id = receipt.task_id
+    RETURNING t.tenant, t.task_id, task.closes_own, t.obligation_receipt_id
 ), lease_ended AS (
     UPDATE leases l SET released_at = %(now)s
     FROM receipt
-    WHERE l.tenant = %(tenant)s AND l.lease_id = receipt.lease_id AND l.released_at IS NULL
+    WHERE l.tenant = receipt.tenant AND l.lease_id = receipt.lease_id AND l.released_at IS NULL
 )
 SELECT receipt.*,
-       CASE WHEN settled.own THEN settled.obligation_receipt_id END AS terminated_obligation
-FROM receipt, settled;
+       CASE WHEN settled.closes_own THEN settled.obligation_receipt_id END
+           AS terminated_obligation
+FROM receipt JOIN settled USING (tenant, task_id);
+

@@ -1,0 +1,106 @@
+"""The coalescer: what arrives while a statement is in flight goes together in the next one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+
+import pytest
+
+from asyncgate.coalesce import Coalescer
+
+
+class Recorder:
+    """A ``send`` that records each call and holds it until released."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Hashable, list[int]]] = []
+        self.release = asyncio.Event()
+        self.fail_with: Exception | None = None
+
+    async def send(self, group: Hashable, items: list[int]) -> list[int]:
+        self.calls.append((group, items))
+        await self.release.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        return [item * 10 for item in items]
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.anyio
+async def test_a_lone_item_goes_at_once_and_alone() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    coalescer = Coalescer(recorder.send)
+    assert await coalescer.submit(1) == 10
+    assert await coalescer.submit(2) == 20
+    assert recorder.calls == [(None, [1]), (None, [2])]
+
+
+@pytest.mark.anyio
+async def test_items_arriving_during_a_statement_go_together_next() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.send)
+    first = asyncio.ensure_future(coalescer.submit(1))
+    await settle()
+    rest = [asyncio.ensure_future(coalescer.submit(item)) for item in (2, 3, 4)]
+    await settle()
+    assert recorder.calls == [(None, [1])]  # the others wait for the one in flight
+    recorder.release.set()
+    assert await first == 10
+    assert await asyncio.gather(*rest) == [20, 30, 40]
+    assert recorder.calls == [(None, [1]), (None, [2, 3, 4])]
+
+
+@pytest.mark.anyio
+async def test_groups_never_share_a_statement_or_wait_for_each_other() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.send)
+    waiting = [
+        asyncio.ensure_future(coalescer.submit(1, "a")),
+        asyncio.ensure_future(coalescer.submit(2, "b")),
+    ]
+    await settle()
+    assert recorder.calls == [("a", [1]), ("b", [2])]  # b went while a was in flight
+    waiting += [
+        asyncio.ensure_future(coalescer.submit(3, "a")),
+        asyncio.ensure_future(coalescer.submit(4, "b")),
+        asyncio.ensure_future(coalescer.submit(5, "a")),
+    ]
+    await settle()
+    recorder.release.set()
+    assert await asyncio.gather(*waiting) == [10, 20, 30, 40, 50]
+    assert sorted(recorder.calls) == [("a", [1]), ("a", [3, 5]), ("b", [2]), ("b", [4])]
+
+
+@pytest.mark.anyio
+async def test_a_statement_carries_at_most_max_batch_items() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.send, max_batch=2)
+    waiting = [asyncio.ensure_future(coalescer.submit(item)) for item in range(1, 6)]
+    await settle()
+    recorder.release.set()
+    assert await asyncio.gather(*waiting) == [10, 20, 30, 40, 50]
+    assert [items for _, items in recorder.calls] == [[1], [2, 3], [4, 5]]
+
+
+@pytest.mark.anyio
+async def test_a_failed_statement_fails_its_submitters_only() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.send)
+    first = asyncio.ensure_future(coalescer.submit(1))
+    await settle()
+    joined = [asyncio.ensure_future(coalescer.submit(item)) for item in (2, 3)]
+    await settle()
+    recorder.fail_with = RuntimeError("database went away")
+    recorder.release.set()
+    outcomes = await asyncio.gather(first, *joined, return_exceptions=True)
+    assert all(isinstance(outcome, RuntimeError) for outcome in outcomes)
+    # The coalescer is idle again, and the next item goes at once.
+    recorder.fail_with = None
+    assert await coalescer.submit(4) == 40
+    assert recorder.calls[-1] == (None, [4])
