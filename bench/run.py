@@ -34,6 +34,7 @@ from scenarios import (  # noqa: E402  (bench/ is not a package)
     contended_claims,
     floor,
     ingest,
+    joined_requests,
     life_cycles,
 )
 
@@ -188,6 +189,7 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
     ingest_rate = single = None
     if "ingest" in phases:
         ctx.log("1. receipt ingest (task.progress under a lease) with wrk")
+        before = await joined_requests(ctx)
         ingest_rate, ingest_errors = await ingest(ctx)
         ratio = ingest_rate / floor_rate
         rows.append(cpu_row(ctx, "ingest", "1. CPU per receipt"))
@@ -196,9 +198,11 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
             f"{ingest_rate:,.0f} ({ingest_errors} non-2xx)",
             f"{ratio:.2f} x floor; goal >= 0.6: {'met' if ratio >= 0.6 else 'NOT met'}",
         ))  # fmt: skip
+        rows.append(joined_row(before, await joined_requests(ctx), "1.", ["append"]))
 
     if "cycles" in phases:
         ctx.log("2. life cycles, one request each")
+        before = await joined_requests(ctx)
         single = await life_cycles(ctx, batched=False)
         verdict = f"{single / floor_rate:.2f} x floor"
         if ingest_rate:
@@ -209,6 +213,9 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
             )
         rows.append(("2. life cycles/s, unbatched", f"{single:,.0f}", verdict))
         rows.append(cpu_row(ctx, "cycles", "2. CPU per life cycle, unbatched"))
+        rows.append(
+            joined_row(before, await joined_requests(ctx), "2.", ["create", "claim", "settle"])
+        )
     if "batched" in phases:
         ctx.log("2. life cycles through the batch endpoints")
         batched = await life_cycles(ctx, batched=True)
@@ -261,6 +268,26 @@ def cpu_row(ctx: Context, phase: str, label: str) -> tuple[str, str, str]:
     server = ctx.extra[f"{phase}_cpu_per_unit"] * 1e6
     database = ctx.extra[f"{phase}_pg_cpu_per_unit"] * 1e6
     return (label, f"{server:,.0f} / {database:,.0f} us", "server (uvicorn) / PostgreSQL")
+
+
+def joined_row(
+    before: dict[str, tuple[float, float]],
+    after: dict[str, tuple[float, float]],
+    number: str,
+    kinds: list[str],
+) -> tuple[str, str, str]:
+    """Requests per statement during a phase: how much of the load the coalescer joined."""
+    means = []
+    for kind in kinds:
+        requests, statements = (
+            after.get(kind, (0.0, 0.0))[i] - before.get(kind, (0.0, 0.0))[i] for i in (0, 1)
+        )
+        means.append(f"{requests / statements:.1f}" if statements else "-")
+    return (
+        f"{number} requests per statement",
+        " / ".join(means),
+        " / ".join(kinds) + " (concurrent requests joined; see coalesce.py)",
+    )
 
 
 def print_table(rows: list[tuple[str, str, str]], args: argparse.Namespace) -> None:

@@ -383,6 +383,21 @@ def postgres_cpu_seconds() -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+JOINED = re.compile(r'asyncgate_joined_requests_(sum|count)\{kind="(\w+)"\} ([0-9.e+]+)')
+
+
+async def joined_requests(ctx: Context) -> dict[str, tuple[float, float]]:
+    """(requests, statements) so far for each kind of joined write, from /v1/metrics (one
+    worker's, when there are several)."""
+    conn = await ctx.connect("ingest")
+    _, text = await conn.request("GET", "/v1/metrics")
+    await conn.close()
+    totals: dict[str, list[float]] = {}
+    for part, kind, value in JOINED.findall(text.decode()):
+        totals.setdefault(kind, [0.0, 0.0])[part == "count"] = float(value)
+    return {kind: (requests, statements) for kind, (requests, statements) in totals.items()}
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU the server process tree has used so far."""
     ticks = 0
