@@ -41,8 +41,14 @@ SELECT t.*,
        ARRAY(SELECT p.receipt_id FROM receipts p
              WHERE p.tenant = %(tenant)s AND p.receipt_id = ANY(%(ids)s::uuid[])) AS found_parent_ids
 FROM tasks t
+-- One array of task ids, so the rows are fetched by primary key: an OR of the two conditions
+-- could be planned as a scan of the tenant's tasks.
 WHERE t.tenant = %(tenant)s
-  AND (t.task_id = ANY(%(task_ids)s::uuid[]) OR t.obligation_receipt_id = ANY(%(ids)s::uuid[]))
+  AND t.task_id = ANY(ARRAY(
+      SELECT unnest(%(task_ids)s::uuid[])
+      UNION
+      SELECT o.task_id FROM tasks o
+      WHERE o.tenant = %(tenant)s AND o.obligation_receipt_id = ANY(%(ids)s::uuid[])))
 ORDER BY t.task_id
 FOR UPDATE OF t;
 
@@ -62,25 +68,27 @@ LIMIT %(limit)s;
 -- claim_candidates --
 -- Claimable tasks in priority then age order, locked: ACTIVE ones whose lease expired (through
 -- tasks_leased) and PENDING ones (through tasks_pending), type filter applied before locking.
--- Rows another claim holds are skipped, so concurrent claimers never wait or collide.
+-- Rows another claim holds are skipped, so concurrent claimers never wait or collide. The
+-- locked rows are returned as they are: reading them again by task_id could go through a scan
+-- of the tenant's tasks, when the planner misjudges the tenant's size.
 WITH expired AS (
-    SELECT task_id FROM tasks
+    SELECT * FROM tasks
     WHERE tenant = %(tenant)s AND state = 'ACTIVE' AND lease_expires_at <= %(now)s::timestamptz
       AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
     ORDER BY priority DESC, created_at, task_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), pending AS (
-    SELECT task_id FROM tasks
+    SELECT * FROM tasks
     WHERE tenant = %(tenant)s AND state = 'PENDING'
       AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
     ORDER BY priority DESC, created_at, task_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-SELECT * FROM tasks
-WHERE tenant = %(tenant)s
-  AND task_id IN (SELECT task_id FROM expired UNION ALL SELECT task_id FROM pending)
+SELECT * FROM expired
+UNION ALL
+SELECT * FROM pending
 ORDER BY priority DESC, created_at, task_id
 LIMIT %(limit)s;
 
@@ -306,26 +314,26 @@ WITH slots AS (
     SELECT * FROM json_to_recordset(%(rows)s::json) AS r(
         slot bigint, lease_id uuid, worker text, expires_at timestamptz)
 ), expired AS (
-    SELECT task_id FROM tasks
+    SELECT task_id, state, priority, created_at FROM tasks
     WHERE tenant = %(tenant)s AND state = 'ACTIVE' AND lease_expires_at <= %(now)s::timestamptz
       AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
     ORDER BY priority DESC, created_at, task_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), pending AS (
-    SELECT task_id FROM tasks
+    SELECT task_id, state, priority, created_at FROM tasks
     WHERE tenant = %(tenant)s AND state = 'PENDING'
       AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
     ORDER BY priority DESC, created_at, task_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), candidates AS (
+    -- The locked rows as they are: reading them again by task_id could go through a scan of
+    -- the tenant's tasks, when the planner misjudges the tenant's size.
     SELECT task_id, state,
            row_number() OVER (ORDER BY priority DESC, created_at, task_id) AS slot
     FROM (
-        SELECT task_id, state, priority, created_at FROM tasks
-        WHERE tenant = %(tenant)s
-          AND task_id IN (SELECT task_id FROM expired UNION ALL SELECT task_id FROM pending)
+        SELECT * FROM expired UNION ALL SELECT * FROM pending
         ORDER BY priority DESC, created_at, task_id
         LIMIT %(limit)s
     ) AS first
@@ -337,7 +345,10 @@ WITH slots AS (
         lease_expires_at = s.expires_at, lease_generation = t.lease_generation + 1,
         updated_at = %(now)s
     FROM candidates c JOIN slots s USING (slot)
-    WHERE t.tenant = %(tenant)s AND t.task_id = c.task_id AND NOT (SELECT needed FROM takeover)
+    -- The candidates' ids as one array: the rows are fetched by primary key, never by a join
+    -- that the planner could run as a scan of the tenant's tasks.
+    WHERE t.tenant = %(tenant)s AND t.task_id = ANY(ARRAY(SELECT task_id FROM candidates))
+      AND t.task_id = c.task_id AND NOT (SELECT needed FROM takeover)
     RETURNING t.*
 ), leases_in AS (
     INSERT INTO leases (tenant, lease_id, task_id, generation, worker, granted_at, expires_at)
@@ -346,8 +357,9 @@ WITH slots AS (
 )
 SELECT *, true AS granted FROM granted
 UNION ALL
-SELECT t.*, false AS granted FROM tasks t JOIN candidates c USING (task_id)
-WHERE t.tenant = %(tenant)s AND (SELECT needed FROM takeover);
+SELECT t.*, false AS granted FROM tasks t
+WHERE t.tenant = %(tenant)s AND t.task_id = ANY(ARRAY(SELECT task_id FROM candidates))
+  AND (SELECT needed FROM takeover);
 
 -- settle_under_lease --
 -- Fast path (PostgreSQL only; see PostgresDialect.fast_paths): terminating receipts in one

@@ -1,0 +1,133 @@
+"""PostgreSQL plans for a tenant that appeared since the tables were last analyzed.
+
+Autovacuum analyzes a table only after a tenth of it has changed, so on a large ledger a new
+tenant can go long unseen by the planner's statistics. Each hot statement must still read a
+few rows of the tenant by key, not scan all of its tasks (as claims and lookups once did: see
+migrations/postgres/0003_tenant_statistics.sql). Proved with EXPLAIN ANALYZE row counts, in
+the session settings the app uses, never with timings.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from asyncgate_postgres import QUERIES, SESSION_SETUP
+from conftest import create_migrated_pg_database, drop_pg_database
+from psycopg.types.json import Json, set_json_dumps
+from test_postgres_plans import BULK
+
+DONE, OPEN, LEASED = 3000, 200, 40
+# Rows a statement may visit in tasks for a batch of BATCH: its own, and a little slack.
+BATCH = 10
+BOUND = 4 * BATCH
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[str]:
+    name, url = create_migrated_pg_database("asyncgate_new_tenant")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(BULK, {"tenant": "known", "count": 500, "open": True})
+        conn.execute("ANALYZE")
+        # After the last ANALYZE: a tenant the statistics have never seen.
+        conn.execute(BULK, {"tenant": "new", "count": DONE, "open": False})
+        conn.execute(BULK, {"tenant": "new", "count": OPEN, "open": True})
+    yield url
+    drop_pg_database(name)
+
+
+@pytest.fixture
+def conn(database: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(database) as conn:
+        set_json_dumps(orjson.dumps, conn)
+        for statement in SESSION_SETUP:
+            conn.execute(statement)
+        yield conn
+        conn.rollback()
+
+
+def leased(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str]]:
+    """(task_id, lease_id, obligation_receipt_id) of LEASED of the new tenant's open tasks."""
+    return conn.execute(
+        "UPDATE tasks SET state = 'ACTIVE', lease_id = gen_random_uuid(), lease_worker = 'w',"
+        " lease_expires_at = now() + interval '1 hour', lease_generation = 1"
+        " WHERE task_id IN (SELECT task_id FROM tasks WHERE tenant = 'new'"
+        "                   AND state = 'PENDING' LIMIT %s)"
+        " RETURNING task_id::text, lease_id::text, obligation_receipt_id::text",
+        [LEASED],
+    ).fetchall()
+
+
+def tasks_rows_visited(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> int:
+    """Rows of tasks the statement's plan read, kept or filtered out, over all its loops."""
+    [[plan]] = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {QUERIES[query]}", params).fetchone()
+    visited, pending = 0, [plan["Plan"]]
+    while pending:
+        node = pending.pop()
+        pending.extend(node.get("Plans", []))
+        if node.get("Relation Name") == "tasks":
+            read = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+            visited += (read + node.get("Rows Removed by Index Recheck", 0)) * node["Actual Loops"]
+    return visited
+
+
+def receipt_rows(grants: list[tuple[str, str, str]], settle: bool) -> list[dict[str, Any]]:
+    return [
+        {
+            "tenant": "new",
+            "receipt_id": str(uuid.uuid4()),
+            "type": "task.success" if settle else "task.progress",
+            "task_id": task_id,
+            "from_principal": "service:new",
+            "lease_id": lease_id,
+            "parent_receipt_ids": [obligation] if settle else [],
+            "body": {},
+            "artifacts": [{"uri": "s3://bucket/out"}] if settle else [],
+            "delivery_proof": None,
+            "content_hash": "h",
+            "created_at": datetime.now(UTC),
+            "state": "COMPLETED",
+            "closes": settle,
+        }
+        for task_id, lease_id, obligation in grants
+    ]
+
+
+def test_one_statement_receipts_read_only_their_tasks(conn: psycopg.Connection[Any]) -> None:
+    grants = leased(conn)
+    now = datetime.now(UTC)
+    for query, batch, settle in (
+        ("append_leased_receipt", grants[:BATCH], False),
+        ("settle_under_lease", grants[BATCH : 2 * BATCH], True),
+    ):
+        params = {"rows": Json(receipt_rows(batch, settle)), "now": now}
+        assert tasks_rows_visited(conn, query, params) <= BOUND, query
+
+
+def test_claims_read_only_the_tasks_they_take(conn: psycopg.Connection[Any]) -> None:
+    now = datetime.now(UTC)
+    slots = [
+        {"slot": n + 1, "lease_id": str(uuid.uuid4()), "worker": "w", "expires_at": now}
+        for n in range(BATCH)
+    ]
+    shared = {"tenant": "new", "types": None, "limit": BATCH, "now": now}
+    assert tasks_rows_visited(conn, "claim_at_once", {"rows": Json(slots), **shared}) <= BOUND
+    assert tasks_rows_visited(conn, "claim_candidates", shared) <= BOUND
+
+
+def test_lookups_by_key_read_only_their_rows(conn: psycopg.Connection[Any]) -> None:
+    grants = leased(conn)
+    some = grants[:BATCH]
+    locked = {
+        "tenant": "new",
+        "task_ids": [task_id for task_id, _, _ in some],
+        "ids": [obligation for _, _, obligation in grants[BATCH : 2 * BATCH]],
+    }
+    assert tasks_rows_visited(conn, "lock_receipt_tasks", locked) <= BOUND
+    one = {"tenant": "new", "task_id": some[0][0]}
+    assert tasks_rows_visited(conn, "get_task", one) <= 2
