@@ -152,6 +152,7 @@ async def leased_tasks(ctx: Context, tenant: str, count: int, kind: str) -> list
 
 async def ingest(ctx: Context) -> tuple[float, int]:
     grants = await leased_tasks(ctx, "ingest", ctx.size(256, 32), "ingest")
+    await analyze(ctx)
     bodies = [
         orjson.dumps(
             {
@@ -293,6 +294,7 @@ async def batched_cycles(conn: Connection) -> int:
 
 
 async def life_cycles(ctx: Context, batched: bool) -> float:
+    await analyze(ctx)
     if batched:
         return await for_duration(ctx, batched_cycles, "batched")
     return await unbatched_cycles(ctx)
@@ -333,6 +335,14 @@ async def seed(ctx: Context, tenant: str, count: int, open_: bool) -> None:
         for start in range(0, count, 50_000):
             params = {"tenant": tenant, "count": min(50_000, count - start), "open": open_}
             await conn.execute(SEED_SQL, params)
+
+
+async def analyze(ctx: Context) -> None:
+    """Fresh planner statistics before a timed phase, as autovacuum keeps them in a running
+    system: the phases are seconds long, autovacuum wakes once a minute, and on tables it has
+    never analyzed the planner guesses (a receipt then cost PostgreSQL three times as much)."""
+    async with await psycopg.AsyncConnection.connect(ctx.database_url, autocommit=True) as conn:
+        await conn.execute("ANALYZE")
 
 
 async def settle(ctx: Context) -> None:
@@ -486,6 +496,7 @@ async def contended_claims(ctx: Context) -> dict[str, Any]:
         tasks = [{"type": "contended"} for _ in range(min(1000, total - start))]
         await conn.json("POST", "/v1/tasks/batch", {"tasks": tasks}, expect=201)
     await conn.close()
+    await analyze(ctx)
     claimers = [await ctx.connect("claims") for _ in range(ctx.connections)]
 
     async def claim_until_empty(conn: Connection, worker: int) -> int:
