@@ -16,8 +16,11 @@ from typing import Generic, TypeVar
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-# The most items one statement carries: bounds the JSON parameter and the locks it holds.
+# The most items one statement carries, and the most rows (an item's weight): they bound the
+# JSON parameter and the locks one statement holds. 1,000 rows is what one batch request may
+# send on its own; a heavier item still goes, alone.
 MAX_BATCH = 128
+MAX_WEIGHT = 1000
 
 
 class Coalescer(Generic[Item, Result]):
@@ -33,15 +36,17 @@ class Coalescer(Generic[Item, Result]):
         self,
         send: Callable[[Hashable, list[Item]], Awaitable[list[Result]]],
         max_batch: int = MAX_BATCH,
+        max_weight: int = MAX_WEIGHT,
     ) -> None:
         self._send = send
         self._max_batch = max_batch
-        self._waiting: dict[Hashable, list[tuple[Item, asyncio.Future[Result]]]] = {}
+        self._max_weight = max_weight
+        self._waiting: dict[Hashable, list[tuple[Item, int, asyncio.Future[Result]]]] = {}
         self._in_flight: set[Hashable] = set()
         # Strong references: the event loop keeps only weak ones to running tasks.
         self._senders: set[asyncio.Task[None]] = set()
 
-    async def submit(self, item: Item, group: Hashable = None) -> Result:
+    async def submit(self, item: Item, group: Hashable = None, weight: int = 1) -> Result:
         if group not in self._in_flight:
             # Nothing of this group in flight: this request sends its own statement, in its
             # own task, with no hand-over.
@@ -52,7 +57,7 @@ class Coalescer(Generic[Item, Result]):
                 self._send_waiting(group)
             return result
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(group, []).append((item, future))
+        self._waiting.setdefault(group, []).append((item, weight, future))
         return await future
 
     def _send_waiting(self, group: Hashable) -> None:
@@ -61,7 +66,13 @@ class Coalescer(Generic[Item, Result]):
         if not waiting:
             self._in_flight.discard(group)
             return
-        batch, rest = waiting[: self._max_batch], waiting[self._max_batch :]
+        taken = weight = 0
+        for _, item_weight, _ in waiting[: self._max_batch]:
+            if taken and weight + item_weight > self._max_weight:
+                break
+            taken += 1
+            weight += item_weight
+        batch, rest = waiting[:taken], waiting[taken:]
         if rest:
             self._waiting[group] = rest
         sender = asyncio.get_running_loop().create_task(self._send_batch(group, batch))
@@ -69,20 +80,20 @@ class Coalescer(Generic[Item, Result]):
         sender.add_done_callback(self._senders.discard)
 
     async def _send_batch(
-        self, group: Hashable, batch: list[tuple[Item, asyncio.Future[Result]]]
+        self, group: Hashable, batch: list[tuple[Item, int, asyncio.Future[Result]]]
     ) -> None:
         try:
-            results = await self._send(group, [item for item, _ in batch])
+            results = await self._send(group, [item for item, _, _ in batch])
         except asyncio.CancelledError:
-            for _, future in batch:
+            for _, _, future in batch:
                 future.cancel()
             raise
         except Exception as exc:
-            for _, future in batch:
+            for _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
         else:
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, _, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
         finally:

@@ -209,7 +209,7 @@ class Ledger:
             # commits on its own, joined with concurrent requests' tasks.
             now = utcnow()
             planned, new_tasks = plan({}, now)
-            if not await self._creates.submit(new_tasks):
+            if not await self._creates.submit(new_tasks, weight=len(new_tasks)):
                 async with self.dialect.autocommit() as tx:
                     await tx.many("insert_tasks", new_tasks)
             results = views(planned, now)
@@ -268,6 +268,7 @@ class Ledger:
                 granted = await self._claims.submit(
                     leases.Claim(worker, max_tasks, ttl_seconds),
                     (identity.tenant, None if types is None else tuple(sorted(set(types)))),
+                    weight=max_tasks,
                 )
             if granted is None:
                 granted, anomalies = await self._in_transaction(

@@ -104,3 +104,21 @@ async def test_a_failed_statement_fails_its_submitters_only() -> None:
     recorder.fail_with = None
     assert await coalescer.submit(4) == 40
     assert recorder.calls[-1] == (None, [4])
+
+
+@pytest.mark.anyio
+async def test_a_statement_carries_at_most_max_weight_rows_but_a_heavy_item_still_goes() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.send, max_weight=10)
+    first = asyncio.ensure_future(coalescer.submit(1, weight=4))
+    await settle()
+    waiting = [
+        asyncio.ensure_future(coalescer.submit(item, weight=weight))
+        for item, weight in ((2, 6), (3, 5), (4, 30), (5, 1))
+    ]
+    await settle()
+    recorder.release.set()
+    assert await first == 10
+    assert await asyncio.gather(*waiting) == [20, 30, 40, 50]
+    # 6 + 5 > 10: item 3 waits for the next statement; item 4 (30) goes alone.
+    assert [items for _, items in recorder.calls] == [[1], [2], [3], [4], [5]]
