@@ -18,6 +18,10 @@ import pytest
 from conftest import Tenants, app_settings
 
 from asyncgate.app import create_app
+from asyncgate.ledger import Ledger
+from asyncgate.metrics import Metrics
+from asyncgate.settings import Settings
+from asyncgate.storage import StorageUnavailable, TransientConflict, UniqueViolation
 
 ARTIFACTS = [{"uri": "s3://bucket/result.json"}]
 
@@ -186,3 +190,32 @@ async def test_concurrent_creates_each_get_their_own_task(app: App) -> None:
         assert obligation.status_code == 200
         assert obligation.json["type"] == "task.assigned"
     assert await app.largest_join("create") > 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("error", "alone", "joined"),
+    [
+        (RuntimeError("a row the database refused"), "raises", None),
+        (UniqueViolation("taken"), None, None),
+        (TransientConflict("deadlock detected"), None, None),
+        (StorageUnavailable("PostgreSQL is unreachable"), "raises", "raises"),
+    ],
+)
+async def test_a_failed_joined_statement_leaves_each_request_to_its_own_path(
+    error: Exception, alone: str | None, joined: str | None
+) -> None:
+    """Joined, a statement's failure must not become every request's answer: each request
+    then takes its own path (None), which finds its own error. Alone, an unexpected error is
+    the request's own; an unreachable database is everyone's (503)."""
+    ledger = Ledger(None, Settings(), Metrics(), emit=None)  # type: ignore[arg-type]
+
+    async def failing() -> None:
+        raise error
+
+    for items, expected in ((1, alone), (3, joined)):
+        if expected == "raises":
+            with pytest.raises(type(error)):
+                await ledger._joined("append", items, failing)
+        else:
+            assert await ledger._joined("append", items, failing) is None
