@@ -48,3 +48,15 @@ def test_inprocess_bench_reports_every_operation():
         "batched life cycle",
     ):
         assert operation in result.stdout, f"missing {operation!r}:\n{result.stdout}"
+
+
+def test_sqlite_joined_bench_reports_both_ways():
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "sqlite_joined.py"), "--count", "64"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for line in ("joined (as served)", "one statement each", "ratio"):
+        assert line in result.stdout, f"missing {line!r}:\n{result.stdout}"
