@@ -35,22 +35,27 @@ SELECT * FROM tasks WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid;
 
 -- lock_receipt_tasks --
 -- The tasks that receipts write to or whose obligations they name, locked until the
--- transaction ends (in task_id order, against deadlocks), each row also carrying which of the
--- named parents exist in the tenant: one round trip for everything a receipt write reads.
-SELECT t.*,
+-- transaction ends (in task_id order, against deadlocks), then one more row, all NULL but
+-- found_parent_ids: which of the named parents exist in the tenant. One round trip for
+-- everything a receipt write reads; the parents travel once, not on every task's row.
+WITH locked AS (
+    SELECT t.* FROM tasks t
+    -- One array of task ids, so the rows are fetched by primary key: an OR of the two
+    -- conditions could be planned as a scan of the tenant's tasks.
+    WHERE t.tenant = %(tenant)s
+      AND t.task_id = ANY(ARRAY(
+          SELECT unnest(%(task_ids)s::uuid[])
+          UNION
+          SELECT o.task_id FROM tasks o
+          WHERE o.tenant = %(tenant)s AND o.obligation_receipt_id = ANY(%(ids)s::uuid[])))
+    ORDER BY t.task_id
+    FOR UPDATE OF t
+)
+SELECT locked.*, NULL::uuid[] AS found_parent_ids FROM locked
+UNION ALL
+SELECT (NULL::tasks).*,
        ARRAY(SELECT p.receipt_id FROM receipts p
-             WHERE p.tenant = %(tenant)s AND p.receipt_id = ANY(%(ids)s::uuid[])) AS found_parent_ids
-FROM tasks t
--- One array of task ids, so the rows are fetched by primary key: an OR of the two conditions
--- could be planned as a scan of the tenant's tasks.
-WHERE t.tenant = %(tenant)s
-  AND t.task_id = ANY(ARRAY(
-      SELECT unnest(%(task_ids)s::uuid[])
-      UNION
-      SELECT o.task_id FROM tasks o
-      WHERE o.tenant = %(tenant)s AND o.obligation_receipt_id = ANY(%(ids)s::uuid[])))
-ORDER BY t.task_id
-FOR UPDATE OF t;
+             WHERE p.tenant = %(tenant)s AND p.receipt_id = ANY(%(ids)s::uuid[]));
 
 -- list_tasks --
 -- A page of tasks in (created_at, task_id) order; state is the lazily evaluated state.

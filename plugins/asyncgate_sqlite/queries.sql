@@ -25,7 +25,8 @@ SELECT * FROM tasks WHERE tenant = :tenant AND task_id = :task_id;
 
 -- lock_receipt_tasks --
 -- The tasks that receipts write to or whose obligations they name (the write lock is already
--- held), each row also carrying which of the named parents exist in the tenant.
+-- held), each row also carrying which of the named parents exist in the tenant (PostgreSQL
+-- sends those once, on a row of its own; receipts.lock reads either shape).
 SELECT t.*,
        (SELECT json_group_array(p.receipt_id) FROM receipts p
         WHERE p.tenant = :tenant
