@@ -1,0 +1,32 @@
+"""Ids: random version-4 UUIDs in canonical form, never repeated, not even across a fork."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from asyncgate.ids import new_id
+
+
+def test_new_ids_are_canonical_version_4_uuids_and_never_repeat() -> None:
+    ids = [new_id() for _ in range(20_000)]  # several refills of the random buffer
+    assert len(set(ids)) == len(ids)
+    for value in ids[:2000]:
+        parsed = uuid.UUID(value)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, value)
+
+
+def test_a_forked_child_does_not_repeat_its_parents_next_ids() -> None:
+    new_id()  # the buffer holds unused random bytes now
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write_end, "".join(new_id() for _ in range(4)).encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    os.close(write_end)
+    from_child = os.read(read_end, 4 * 36).decode()
+    os.close(read_end)
+    from_parent = "".join(new_id() for _ in range(4))
+    assert len(from_child) == 4 * 36
+    assert from_child != from_parent
