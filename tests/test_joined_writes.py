@@ -130,6 +130,32 @@ async def test_concurrent_progress_receipts_answer_as_if_alone(app: App) -> None
 
 
 @pytest.mark.anyio
+async def test_tenants_sharing_a_statement_never_reach_each_other(
+    app: App, tenants: Tenants
+) -> None:
+    other = App(app.conductor, tenants.keys["b"])
+    mine, theirs = await app.leased_tasks(6), await other.leased_tasks(6)
+    shared_id = str(uuid.uuid4())  # receipt ids are per tenant: both may use it
+    bodies = [(app, progress(grant)) for grant in mine]
+    bodies += [(other, progress(grant)) for grant in theirs]
+    bodies += [(other, progress(grant)) for grant in mine[:3]]  # a's task and lease: 404
+    bodies += [(app, progress(mine[3], receipt_id=shared_id))]
+    bodies += [(other, progress(theirs[3], receipt_id=shared_id))]
+    answers = await asyncio.gather(*(client.post("/v1/receipts", body) for client, body in bodies))
+
+    assert [a.status_code for a in answers[:12]] == [201] * 12
+    assert [a.status_code for a in answers[12:15]] == [404] * 3
+    assert [a.status_code for a in answers[15:]] == [201, 201]
+    assert answers[15].json["receipt"]["task_id"] == mine[3]["task"]["task_id"]
+    assert answers[16].json["receipt"]["task_id"] == theirs[3]["task"]["task_id"]
+    for client, grants, strangers in ((app, mine, theirs), (other, theirs, mine)):
+        seen = {r["task_id"] for r in (await client.get("/v1/receipts?limit=500")).json}
+        assert {grant["task"]["task_id"] for grant in grants} <= seen
+        assert not seen & {grant["task"]["task_id"] for grant in strangers}
+    assert await app.largest_join("append") > 1
+
+
+@pytest.mark.anyio
 async def test_concurrent_terminal_receipts_close_each_obligation_once(app: App) -> None:
     grants = await app.leased_tasks(12)
     bodies = [success(grant) for grant in grants]
