@@ -223,9 +223,9 @@ async def lock(tx: Tx, tenant: str, specs: list[dict[str, Any]]) -> WriteSet:
     parent_ids = sorted({parent for spec in specs for parent in spec["parent_receipt_ids"]})
     task_ids = sorted({spec["task_id"] for spec in specs})
     rows = await tx.all("lock_receipt_tasks", tenant=tenant, task_ids=task_ids, ids=parent_ids)
-    # The parents found come on every task row, or on one row of their own with no task.
-    found = next((ids for row in rows if (ids := row["found_parent_ids"]) is not None), [])
+    # One row is no task: it carries which parents exist.
     tasks = [row for row in rows if row["task_id"] is not None]
+    [found] = [row["found_parent_ids"] for row in rows if row["task_id"] is None]
     return WriteSet(
         tasks={row["task_id"]: row for row in tasks},
         by_obligation={row["obligation_receipt_id"]: row for row in tasks},

@@ -25,17 +25,19 @@ SELECT * FROM tasks WHERE tenant = :tenant AND task_id = :task_id;
 
 -- lock_receipt_tasks --
 -- The tasks that receipts write to or whose obligations they name (the write lock is already
--- held), each row also carrying which of the named parents exist in the tenant (PostgreSQL
--- sends those once, on a row of its own; receipts.lock reads either shape).
-SELECT t.*,
-       (SELECT json_group_array(p.receipt_id) FROM receipts p
-        WHERE p.tenant = :tenant
-          AND p.receipt_id IN (SELECT value FROM json_each(:ids))) AS found_parent_ids
+-- held), then one more row, all NULL but found_parent_ids: which of the named parents exist in
+-- the tenant. The parents travel once, not on every task's row.
+SELECT t.*, NULL AS found_parent_ids
 FROM tasks t
 WHERE t.tenant = :tenant
   AND (t.task_id IN (SELECT value FROM json_each(:task_ids))
        OR t.obligation_receipt_id IN (SELECT value FROM json_each(:ids)))
-ORDER BY t.task_id;
+UNION ALL
+SELECT t.*,
+       (SELECT json_group_array(p.receipt_id) FROM receipts p
+        WHERE p.tenant = :tenant
+          AND p.receipt_id IN (SELECT value FROM json_each(:ids)))
+FROM (SELECT 1) AS one LEFT JOIN tasks t ON 0;
 
 -- list_tasks --
 -- A page of tasks in (created_at, task_id) order; state is the lazily evaluated state.
