@@ -16,14 +16,13 @@ from typing import Any
 import falcon.testing
 import pytest
 from conftest import Tenants, app_settings
+from test_fast_paths import success
 
 from asyncgate.app import create_app
 from asyncgate.ledger import Ledger
 from asyncgate.metrics import Metrics
 from asyncgate.settings import Settings
 from asyncgate.storage import StorageUnavailable, TransientConflict, UniqueViolation
-
-ARTIFACTS = [{"uri": "s3://bucket/result.json"}]
 
 
 class App:
@@ -77,17 +76,6 @@ def progress(grant: dict[str, Any], **fields: Any) -> dict[str, Any]:
         "task_id": grant["task"]["task_id"],
         "lease_id": grant["lease_id"],
         "body": {"percent": 50},
-        **fields,
-    }
-
-
-def success(grant: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    return {
-        "type": "task.success",
-        "task_id": grant["task"]["task_id"],
-        "lease_id": grant["lease_id"],
-        "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
-        "artifacts": ARTIFACTS,
         **fields,
     }
 
