@@ -47,12 +47,18 @@ FROM t, (VALUES ('task.started'), ('task.progress'), ('task.success')) AS r(type
 WHERE NOT %(open)s OR r.type <> 'task.success'
 """
 
-# The termination evidence for one obligation, as the spec defines it.
+# The termination evidence for one obligation, as the spec defines it: the receipts that name
+# it, found through the parents index, then kept if they terminate. Written as a materialized
+# step because tenant statistics are off (migration 0003): a tenant holding most of the ledger
+# is estimated at 0.5 % of it, and the planner may then also read all of its terminating
+# receipts through receipts_by_type to intersect with the few rows the parents index finds.
 NAMED_BY_TERMINATING = """
+WITH naming AS MATERIALIZED (
+    SELECT tenant, type FROM receipts WHERE parent_receipt_ids @> ARRAY[%(obligation)s::uuid]
+)
 SELECT NOT EXISTS (
-    SELECT 1 FROM receipts r
-    WHERE r.parent_receipt_ids @> ARRAY[%(obligation)s::uuid] AND r.tenant = %(tenant)s
-      AND r.type IN ('task.success', 'task.failure', 'task.cancelled')
+    SELECT 1 FROM naming
+    WHERE tenant = %(tenant)s AND type IN ('task.success', 'task.failure', 'task.cancelled')
 ) AS expected_open
 """
 
@@ -258,7 +264,7 @@ async def test_obligation_open_equals_no_terminating_receipt_naming_it_via_the_g
     assert mismatched == []
     assert {task_id: flags[task_id] for task_id in expected} == expected
 
-    # In a tenant with a large ledger (a tiny one may rightly be read through receipts_by_type).
+    # In a tenant holding most of a large ledger.
     samples = [
         next(task for task in tasks if task[0] == tenants[0] and task[3] is is_open)
         for is_open in (False, True)
@@ -268,6 +274,8 @@ async def test_obligation_open_equals_no_terminating_receipt_naming_it_via_the_g
             nodes = plan_nodes(
                 sync_conn, NAMED_BY_TERMINATING, {"tenant": tenant, "obligation": obligation}
             )
-            indexes, _ = rows_read_from(nodes, "receipts")
+            indexes, receipt_rows = rows_read_from(nodes, "receipts")
             assert indexes == {"receipts_parents"}
+            # Only the receipts naming the obligation: started, progress and perhaps success.
+            assert receipt_rows <= 3
             assert not [node for node in nodes if node["Node Type"] == "Seq Scan"]
