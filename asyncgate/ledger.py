@@ -38,6 +38,10 @@ UNIQUE_RETRIES = 2
 TRANSIENT_RETRIES = 5
 
 
+class _NotAllWritten(Exception):
+    """Rolls back a one-statement batch that skipped some of its rows."""
+
+
 class Ledger:
     def __init__(self, dialect: Dialect, settings: Settings, metrics: Metrics, emit: Emit) -> None:
         self.dialect = dialect
@@ -349,7 +353,9 @@ class Ledger:
     ) -> list[receipts.ReceiptResult]:
         """Write receipts in order, all or nothing."""
         results = None
-        if not batch:
+        if batch and self._settle_together(specs):
+            results = await self._settle_all_or_none(identity, specs)
+        elif not batch:
             # The fast paths: one statement, joined with concurrent requests' receipts.
             row = None
             if receipts.on_hot_path(specs[0]):
@@ -383,6 +389,32 @@ class Ledger:
         if anomalies:
             await self.emit(anomalies, identity.tenant)
         return results
+
+    def _settle_together(self, specs: list[dict[str, Any]]) -> bool:
+        """A batch that the ``settle_under_lease`` statement may write whole: terminating
+        receipts on as many distinct tasks."""
+        return (
+            "settle_under_lease" in self.dialect.fast_paths
+            and len({spec.get("task_id") for spec in specs}) == len(specs)
+            and all(receipts.settles_at_once(spec) for spec in specs)
+        )
+
+    async def _settle_all_or_none(
+        self, identity: Identity, specs: list[dict[str, Any]]
+    ) -> list[receipts.ReceiptResult] | None:
+        """Such a batch in one statement, all written or none: ``None`` when any row's
+        conditions failed (the statement skips it), so the general path finds out which and
+        answers for the batch as a whole."""
+        rows = [receipts.settle_row(identity, spec) for spec in specs]
+        try:
+            async with self.dialect.transaction() as tx:
+                written = await tx.many_returning("settle_under_lease", rows, now=utcnow())
+                if len(written) != len(rows):
+                    raise _NotAllWritten
+        except (_NotAllWritten, UniqueViolation, TransientConflict):
+            return None
+        by_id = {row["receipt_id"]: row for row in written}
+        return [receipts.written_at_once(by_id[row["receipt_id"]]) for row in rows]
 
     async def get_receipt(self, identity: Identity, receipt_id: str) -> dict[str, Any]:
         async with self.dialect.snapshot() as tx:

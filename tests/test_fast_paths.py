@@ -188,3 +188,40 @@ async def test_claim_at_once_leaves_a_takeover_to_the_general_path(
         grant["lease_id"],
     )
     assert current == 1
+
+
+@pytest.mark.anyio
+async def test_a_batch_of_settles_is_one_statement_that_writes_all_or_none(
+    ledger: Ledger, identity: Identity, pg_database: str
+) -> None:
+    grants = [await leased_task(ledger, identity) for _ in range(3)]
+    batch = [success(grant) for grant in grants]
+    assert ledger._settle_together(batch)
+    stale = [batch[0], {**batch[1], "lease_id": new_id()}, batch[2]]
+    before = ledger_size(pg_database, identity)
+    assert await ledger._settle_all_or_none(identity, stale) is None
+    assert ledger_size(pg_database, identity) == before
+    for grant in grants:
+        task = await ledger.get_task(identity, grant["task"]["task_id"])
+        assert (task["state"], task["obligation_open"]) == ("ACTIVE", True)
+
+    results = await ledger._settle_all_or_none(identity, batch)
+    assert results is not None
+    assert [r.receipt["task_id"] for r in results] == [g["task"]["task_id"] for g in grants]
+    assert [r.terminated for r in results] == [[g["task"]["obligation_receipt_id"]] for g in grants]
+    for result in results:
+        # The statement answers with the rows as stored, without reading them back.
+        assert await ledger.get_receipt(identity, result.receipt["receipt_id"]) == result.receipt
+    assert ledger_size(pg_database, identity) == before + 3
+
+
+@pytest.mark.anyio
+async def test_only_terminating_receipts_on_distinct_tasks_settle_as_one_batch(
+    ledger: Ledger,
+) -> None:
+    grant = {"task": {"task_id": new_id(), "obligation_receipt_id": new_id()}, "lease_id": new_id()}
+    other = {"task": {"task_id": new_id(), "obligation_receipt_id": new_id()}, "lease_id": new_id()}
+    assert ledger._settle_together([success(grant), success(other)])
+    assert not ledger._settle_together([success(grant), success(grant, receipt_id=new_id())])
+    progress = {**success(other), "type": "task.progress", "parent_receipt_ids": []}
+    assert not ledger._settle_together([success(grant), progress])

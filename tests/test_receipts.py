@@ -489,3 +489,69 @@ def test_receipts_are_returned_with_every_stored_field(client):
         "parent_receipt_ids", "body", "artifacts", "delivery_proof", "created_at",
     }  # fmt: skip
     assert stored["created_at"].endswith("Z")
+
+
+def test_a_batch_of_successes_on_many_tasks_closes_every_obligation(client):
+    tasks = [client.create_task(type="many") for _ in range(4)]
+    grants = client.claim(types=["many"], max_tasks=4)
+    receipts = [
+        {
+            "type": "task.success",
+            "task_id": grant["task"]["task_id"],
+            "lease_id": grant["lease_id"],
+            "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
+            "artifacts": [ARTIFACT],
+        }
+        for grant in grants
+    ]
+    result = client.post("/v1/receipts/batch", json={"receipts": receipts})
+    assert result.status_code == 201, result.text
+    results = result.json["results"]
+    assert [r["receipt"]["task_id"] for r in results] == [g["task"]["task_id"] for g in grants]
+    assert [r["terminated"] for r in results] == [
+        [g["task"]["obligation_receipt_id"]] for g in grants
+    ]
+    for written in results:
+        stored = client.get(f"/v1/receipts/{written['receipt']['receipt_id']}").json
+        assert stored == written["receipt"]
+    assert open_ids(client).isdisjoint(t["obligation_receipt_id"] for t in tasks)
+    for task in tasks:
+        after = client.get(f"/v1/tasks/{task['task_id']}").json
+        assert (after["state"], after["lease"]) == ("COMPLETED", None)
+
+
+@pytest.mark.parametrize(
+    ("broken", "status", "field"),
+    [
+        ("stale lease", 404, "receipts.1.lease_id"),
+        ("missing parent", 422, "receipts.1.parent_receipt_ids"),
+        ("same task twice", 409, "receipts.2.lease_id"),
+    ],
+)
+def test_one_unwritable_success_in_a_batch_writes_none_of_them(client, broken, status, field):
+    tasks = [client.create_task(type="whole") for _ in range(3)]
+    grants = client.claim(types=["whole"], max_tasks=3)
+    receipts = [
+        {
+            "type": "task.success",
+            "task_id": grant["task"]["task_id"],
+            "lease_id": grant["lease_id"],
+            "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
+            "artifacts": [ARTIFACT],
+        }
+        for grant in grants
+    ]
+    if broken == "stale lease":
+        receipts[1]["lease_id"] = str(uuid.uuid4())
+    elif broken == "missing parent":
+        receipts[1]["parent_receipt_ids"].append(str(uuid.uuid4()))
+    else:
+        receipts[2] = {**receipts[0], "artifacts": [{"uri": "s3://results/2.json"}]}
+    result = client.post("/v1/receipts/batch", json={"receipts": receipts})
+    assert (result.status_code, result.json["field"]) == (status, field), result.text
+    assert open_ids(client) >= {t["obligation_receipt_id"] for t in tasks}
+    for task in tasks:
+        after = client.get(f"/v1/tasks/{task['task_id']}").json
+        assert after["state"] == "ACTIVE"
+        ledger = client.get(f"/v1/receipts?task_id={task['task_id']}").json
+        assert [r["type"] for r in ledger] == ["task.assigned"]

@@ -370,12 +370,16 @@ WHERE t.tenant = %(tenant)s AND t.task_id = ANY(ARRAY(SELECT task_id FROM candid
 -- settle_under_lease --
 -- Fast path (PostgreSQL only; see PostgresDialect.fast_paths): terminating receipts in one
 -- statement, in the common case: under the task's current unexpired lease, every parent
--- present, none of them another task's obligation, no anomaly to write. The ledger has applied
--- the truth table already (each row's new state, whether named obligations close); here the
--- task takes its state, its lease ends, and its obligation closes if named and still open.
--- Rows are one JSON recordset (concurrent requests' rows: see coalesce.py), at most one per
--- task. A row whose conditions fail, or whose receipt_id is taken, writes nothing and returns
--- nothing: the ledger then runs the general path for it, which tells why.
+-- present, none of them another task's obligation, the receipt_id new, no anomaly to write. The
+-- ledger has applied the truth table already (each row's new state, whether named obligations
+-- close); here the task takes its state, its lease ends, and its obligation closes if named and
+-- still open. Rows are one JSON recordset (concurrent requests' rows, or one batch: see
+-- coalesce.py and Ledger.write_receipts), at most one per task. A row whose conditions fail
+-- writes nothing and returns nothing: the ledger then runs the general path for it, which
+-- tells why. A receipt_id taken concurrently fails the whole statement (a unique violation),
+-- and each row then takes the general path.
+-- Every write reads the one `task` CTE, which carries each row whole: a join between CTEs is
+-- planned from their estimates (one row each), as a nested loop comparing every pair.
 WITH r AS (
     SELECT DISTINCT ON (tenant, task_id) * FROM json_to_recordset(%(rows)s::json) AS r(
         tenant text, receipt_id uuid, type text, task_id uuid, from_principal text,
@@ -391,17 +395,19 @@ WITH r AS (
           SELECT 1 FROM tasks o
           WHERE o.tenant = r.tenant AND o.obligation_receipt_id = ANY(r.parent_receipt_ids)
             AND o.task_id <> r.task_id)
+      AND NOT EXISTS (
+          SELECT 1 FROM receipts x WHERE x.tenant = r.tenant AND x.receipt_id = r.receipt_id)
     ORDER BY tenant, task_id
 ), task AS (
     -- Each task locked through its primary key alone, in task order, then checked as locked:
     -- the lease conditions inside would let the planner scan every leased task instead.
-    SELECT t.tenant, t.task_id, t.principal, t.obligation_receipt_id, r.state,
+    SELECT r.*, t.principal AS to_principal, t.obligation_receipt_id,
            t.obligation_open AND r.closes
                AND t.obligation_receipt_id = ANY(r.parent_receipt_ids) AS closes_own
     FROM checked AS r,
     LATERAL (
-        SELECT tenant, task_id, principal, obligation_receipt_id, obligation_open, lease_id,
-               state, lease_expires_at
+        SELECT principal, obligation_receipt_id, obligation_open, lease_id, state,
+               lease_expires_at
         FROM tasks
         WHERE tenant = r.tenant AND task_id = r.task_id
         OFFSET 0  -- keeps the lease conditions out: the planner would push them in
@@ -412,29 +418,26 @@ WITH r AS (
     INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal,
                           lease_id, parent_receipt_ids, stripped_parent_receipt_ids, body,
                           artifacts, delivery_proof, content_hash, created_at)
-    SELECT r.tenant, r.receipt_id, r.type, r.task_id, r.from_principal, task.principal,
-           r.lease_id, r.parent_receipt_ids, NULL, r.body, r.artifacts, r.delivery_proof,
-           r.content_hash, %(now)s
-    FROM r JOIN task USING (tenant, task_id)
-    ON CONFLICT DO NOTHING
-    RETURNING *
+    SELECT tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
+           parent_receipt_ids, NULL, body, artifacts, delivery_proof, content_hash, %(now)s
+    FROM task
 ), settled AS (
     UPDATE tasks t
     SET state = task.state, lease_id = NULL, lease_worker = NULL, lease_expires_at = NULL,
         obligation_open = t.obligation_open AND NOT task.closes_own,
-        obligation_closed_by = CASE WHEN task.closes_own THEN receipt.receipt_id
+        obligation_closed_by = CASE WHEN task.closes_own THEN task.receipt_id
                                     ELSE t.obligation_closed_by END,
         updated_at = %(now)s
-    FROM receipt JOIN task USING (tenant, task_id)
-    WHERE t.tenant = receipt.tenant AND t.task_id = receipt.task_id
-    RETURNING t.tenant, t.task_id, task.closes_own, t.obligation_receipt_id
+    FROM task
+    WHERE t.tenant = task.tenant AND t.task_id = task.task_id
 ), lease_ended AS (
     UPDATE leases l SET released_at = %(now)s
-    FROM receipt
-    WHERE l.tenant = receipt.tenant AND l.lease_id = receipt.lease_id AND l.released_at IS NULL
+    FROM task
+    WHERE l.tenant = task.tenant AND l.lease_id = task.lease_id AND l.released_at IS NULL
 )
-SELECT receipt.*,
-       CASE WHEN settled.closes_own THEN settled.obligation_receipt_id END
-           AS terminated_obligation
-FROM receipt JOIN settled USING (tenant, task_id);
-
+-- The receipts as the INSERT above stores them.
+SELECT tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
+       parent_receipt_ids, NULL::uuid[] AS stripped_parent_receipt_ids, body, artifacts,
+       delivery_proof, content_hash, %(now)s::timestamptz AS created_at,
+       CASE WHEN closes_own THEN obligation_receipt_id END AS terminated_obligation
+FROM task;
