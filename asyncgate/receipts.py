@@ -195,6 +195,7 @@ class WriteSet:
     same two statements.
     """
 
+    tenant: str
     tasks: dict[str, Row]
     by_obligation: dict[str, Row]
     known: set[str]
@@ -227,6 +228,7 @@ async def lock(tx: Tx, tenant: str, specs: list[dict[str, Any]]) -> WriteSet:
     tasks = [row for row in rows if row["task_id"] is not None]
     [found] = [row["found_parent_ids"] for row in rows if row["task_id"] is None]
     return WriteSet(
+        tenant=tenant,
         tasks={row["task_id"]: row for row in tasks},
         by_obligation={row["obligation_receipt_id"]: row for row in tasks},
         known=set(found),
@@ -236,7 +238,7 @@ async def lock(tx: Tx, tenant: str, specs: list[dict[str, Any]]) -> WriteSet:
 async def flush(tx: Tx, writes: WriteSet) -> None:
     """Send what the transaction's receipts wrote: the receipts, then their effects on tasks."""
     await tx.many("insert_receipt", writes.receipts)
-    await tx.many("apply_receipt_effects", list(writes.effects.values()))
+    await tx.many("apply_receipt_effects", list(writes.effects.values()), tenant=writes.tenant)
 
 
 async def write(

@@ -73,9 +73,10 @@ class Tx(Protocol):
         """A write whose result is not needed; it may be confirmed only at commit."""
         ...
 
-    async def many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Run a write for every row. A dialect may send all rows as one statement (PostgreSQL
-        does, as a JSON recordset), so the rows of one call must not depend on each other."""
+    async def many(self, query: str, rows: Sequence[Mapping[str, Any]], **params: Any) -> None:
+        """Run a write for every row, with ``params`` shared by every row. A dialect may send
+        all rows as one statement (PostgreSQL does, as a JSON recordset), so the rows of one
+        call must not depend on each other."""
         ...
 
     async def many_returning(

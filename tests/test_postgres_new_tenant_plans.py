@@ -63,14 +63,16 @@ def leased(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str]]:
     ).fetchall()
 
 
-def tasks_rows_visited(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> int:
-    """Rows of tasks the statement's plan read, kept or filtered out, over all its loops."""
+def tasks_rows_visited(
+    conn: psycopg.Connection[Any], query: str, params: dict[str, Any], relation: str = "tasks"
+) -> int:
+    """Rows of ``relation`` the statement's plan read, kept or filtered out, over all loops."""
     [[plan]] = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {QUERIES[query]}", params).fetchone()
     visited, pending = 0, [plan["Plan"]]
     while pending:
         node = pending.pop()
         pending.extend(node.get("Plans", []))
-        if node.get("Relation Name") == "tasks":
+        if node.get("Relation Name") == relation:
             read = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
             visited += (read + node.get("Rows Removed by Index Recheck", 0)) * node["Actual Loops"]
     return visited
@@ -131,3 +133,32 @@ def test_lookups_by_key_read_only_their_rows(conn: psycopg.Connection[Any]) -> N
     assert tasks_rows_visited(conn, "lock_receipt_tasks", locked) <= BOUND
     one = {"tenant": "new", "task_id": some[0][0]}
     assert tasks_rows_visited(conn, "get_task", one) <= 2
+
+
+def test_receipt_effects_touch_only_their_tasks_and_leases(conn: psycopg.Connection[Any]) -> None:
+    grants = leased(conn)[:BATCH]
+    # The new tenant's lease records, all written since the last ANALYZE: these and thousands
+    # more, released and not.
+    conn.execute(
+        "INSERT INTO leases (tenant, lease_id, task_id, generation, worker, granted_at,"
+        " expires_at, released_at)"
+        " SELECT 'new', gen_random_uuid(), gen_random_uuid(), 1, 'w', now(), now(),"
+        "        CASE WHEN i %% 2 = 0 THEN now() END"
+        " FROM generate_series(1, %s) AS i",
+        [DONE],
+    )
+    conn.execute(
+        "INSERT INTO leases (tenant, lease_id, task_id, generation, worker, granted_at,"
+        " expires_at) SELECT 'new', lease_id::uuid, task_id::uuid, 1, 'w', now(), now()"
+        " FROM unnest(%s::text[], %s::text[]) AS g(task_id, lease_id)",
+        [[task_id for task_id, _, _ in grants], [lease_id for _, lease_id, _ in grants]],
+    )
+    now = datetime.now(UTC)
+    rows = [
+        {"tenant": "new", "task_id": task_id, "state": "COMPLETED", "end_lease_id": lease_id,
+         "closed_by": None, "now": now}
+        for task_id, lease_id, _ in grants
+    ]  # fmt: skip
+    params = {"rows": Json(rows), "tenant": "new"}
+    assert tasks_rows_visited(conn, "apply_receipt_effects", params) <= BOUND
+    assert tasks_rows_visited(conn, "apply_receipt_effects", params, "leases") <= BOUND

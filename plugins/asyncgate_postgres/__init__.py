@@ -162,12 +162,12 @@ class PostgresTx:
         # Not waited for: in pipeline mode it is confirmed with the next read or the commit.
         await self.conn.execute(QUERIES[query], to_db(params))
 
-    async def many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    async def many(self, query: str, rows: Sequence[Mapping[str, Any]], **params: Any) -> None:
         # Every row in one statement: the rows travel as one JSON parameter, which the query
         # unpacks with json_to_recordset. Encoding one list in orjson costs far less than
         # adapting each row's parameters, and the server runs one statement, not one per row.
         if rows:
-            await self.conn.execute(QUERIES[query], {"rows": Json(rows)})
+            await self.conn.execute(QUERIES[query], {"rows": Json(rows), **to_db(params)})
 
     async def many_returning(
         self, query: str, rows: Sequence[Mapping[str, Any]], **params: Any

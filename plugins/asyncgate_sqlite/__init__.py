@@ -91,12 +91,12 @@ class SQLiteTx:
         async with _mapped_errors():
             await self.conn.execute(QUERIES[query], to_db(params))
 
-    async def many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    async def many(self, query: str, rows: Sequence[Mapping[str, Any]], **params: Any) -> None:
         if rows:
-            params = [to_db(row) for row in rows]
+            each = [to_db({**row, **params}) for row in rows]
             async with _mapped_errors():
                 for statement in STATEMENTS[query]:
-                    await self.conn.executemany(statement, params)
+                    await self.conn.executemany(statement, each)
 
     async def many_returning(
         self, query: str, rows: Sequence[Mapping[str, Any]], **params: Any
