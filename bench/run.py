@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from scenarios import (  # noqa: E402  (bench/ is not a package)
     Context,
     bootstrap,
+    ceiling_cycles,
     contended_claims,
     floor,
     ingest,
@@ -71,9 +73,40 @@ def ensure_wrk() -> str:
     return found
 
 
-def start_server(ctx: Context, workers: int, keys_file: Path) -> subprocess.Popen:
+@dataclass
+class Served:
+    """A uvicorn server started by the bench, in a session of its own."""
+
+    process: subprocess.Popen
+    port: int
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=30)
+
+
+def serve(app: str, port: int, workers: int, env: dict[str, str]) -> Served:
+    """``uvicorn app`` on loopback as the README advises running AsyncGate, once it listens."""
+    command = [
+        sys.executable, "-m", "uvicorn", app,
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return Served(server, port)
+        except OSError:
+            if server.poll() is not None:
+                raise SystemExit(f"bench: {app} exited at startup") from None
+            time.sleep(0.2)
+    raise SystemExit(f"bench: {app} did not start within 30 s")
+
+
+def start_server(ctx: Context, workers: int, keys_file: Path) -> Served:
     env = {
-        **os.environ,
         "ASYNCGATE_ENV": "production",
         "ASYNCGATE_DATABASE_URL": ctx.database_url,
         "ASYNCGATE_API_KEYS_FILE": str(keys_file),
@@ -82,22 +115,7 @@ def start_server(ctx: Context, workers: int, keys_file: Path) -> subprocess.Pope
         "ASYNCGATE_DB_POOL_MIN_SIZE": os.environ.get("BENCH_POOL_MIN", "4"),
         "ASYNCGATE_DB_POOL_MAX_SIZE": os.environ.get("BENCH_POOL_MAX", "20"),
     }
-    command = [
-        sys.executable, "-m", "uvicorn", "asyncgate.main:app",
-        "--host", "127.0.0.1", "--port", str(ctx.port), "--workers", str(workers),
-        "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",
-    ]  # fmt: skip
-    server = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", ctx.port), timeout=0.5):
-                return server
-        except OSError:
-            if server.poll() is not None:
-                raise SystemExit("bench: the server exited at startup") from None
-            time.sleep(0.2)
-    raise SystemExit("bench: the server did not start within 30 s")
+    return serve("asyncgate.main:app", ctx.port, workers, env)
 
 
 def start_profiler(pid: int, output: str) -> subprocess.Popen:
@@ -164,17 +182,17 @@ def main() -> int:
     server = profiler = None
     try:
         server = start_server(ctx, args.workers, keys_file)
-        ctx.server_pid = server.pid
+        ctx.server_pid = server.process.pid
+        ctx.extra["serve_ceiling"] = lambda env: serve("bench.ceiling:app", free_port(), 1, env)
         if args.profile:
-            profiler = start_profiler(server.pid, args.profile)
+            profiler = start_profiler(server.process.pid, args.profile)
         rows = asyncio.run(run_all(ctx, phases))
     finally:
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(timeout=60)
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            server.stop()
         with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         shutil.rmtree(workdir, ignore_errors=True)
@@ -223,6 +241,13 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
         rows.append(
             joined_row(before, await joined_requests(ctx), "2.", ["create", "claim", "settle"])
         )
+        ctx.log("2. the same life cycles against the HTTP stack alone (bench/ceiling.py)")
+        ceiling = await ceiling_cycles(ctx, ctx.extra["serve_ceiling"])
+        rows.append((
+            "2. HTTP ceiling: life cycles/s, no storage",
+            f"{ceiling:,.0f}",
+            f"{ceiling / floor_rate:.2f} x floor; unbatched above is {single / ceiling:.2f} x this",
+        ))  # fmt: skip
     if "batched" in phases:
         ctx.log("2. life cycles through the batch endpoints")
         batched = await life_cycles(ctx, batched=True)

@@ -245,19 +245,16 @@ end
 """
 
 
-async def unbatched_cycles(ctx: Context) -> float:
+async def wrk_cycles(ctx: Context, port: int) -> tuple[int, float]:
     """Life cycles driven by wrk (one thread per connection), so the load generator costs
-    almost nothing beside the server; returns life cycles per second."""
+    almost nothing beside the server: (life cycles, seconds)."""
     script = ctx.workdir / "cycle.lua"
     script.write_text(CYCLE_LUA.replace("__KEY__", ctx.keys["cycles"]))
-    cpu_before = cpu_seconds(ctx.server_pid)
-    pg_before = postgres_cpu_seconds()
     result = await asyncio.to_thread(
         subprocess.run,
         [
             ctx.wrk, f"-t{ctx.connections}", f"-c{ctx.connections}",
-            f"-d{max(1, round(ctx.duration))}s", "-s", str(script),
-            f"http://127.0.0.1:{ctx.port}",
+            f"-d{max(1, round(ctx.duration))}s", "-s", str(script), f"http://127.0.0.1:{port}",
         ],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -265,8 +262,27 @@ async def unbatched_cycles(ctx: Context) -> float:
     assert found, result.stdout
     cycles, failures, seconds = int(found[1]), int(found[2]), float(found[3])
     assert failures == 0, f"{failures} life-cycle requests failed:\n{result.stdout}"
+    return cycles, seconds
+
+
+async def unbatched_cycles(ctx: Context) -> float:
+    """AsyncGate's life cycles per second, one request each."""
+    cpu_before = cpu_seconds(ctx.server_pid)
+    pg_before = postgres_cpu_seconds()
+    cycles, seconds = await wrk_cycles(ctx, ctx.port)
     ctx.extra["cycles_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - cpu_before) / max(1, cycles)
     ctx.extra["cycles_pg_cpu_per_unit"] = (postgres_cpu_seconds() - pg_before) / max(1, cycles)
+    return cycles / seconds
+
+
+async def ceiling_cycles(ctx: Context, start: Callable[[dict[str, str]], Any]) -> float:
+    """The same life cycles against bench/ceiling.py (the HTTP stack with no storage), served
+    by ``start(env)`` as AsyncGate is; the server is stopped before returning."""
+    server = start({"CEILING_KEY": ctx.keys["cycles"]})
+    try:
+        cycles, seconds = await wrk_cycles(ctx, server.port)
+    finally:
+        server.stop()
     return cycles / seconds
 
 

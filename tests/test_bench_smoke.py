@@ -22,6 +22,7 @@ def test_bench_quick_run_prints_every_row_of_the_table():
         "1. receipt ingest/s",
         "2. life cycles/s, unbatched",
         "2. life cycles/s, batched (100)",
+        "2. HTTP ceiling: life cycles/s, no storage",
         "3. bootstrap",
         "3. server RSS streaming",
         "4. claims/s",
@@ -45,6 +46,9 @@ def test_inprocess_bench_reports_every_operation():
         "create task",
         "claim one task",
         "success receipt",
+        "batched create",
+        "batched claim",
+        "batched success",
         "batched life cycle",
     ):
         assert operation in result.stdout, f"missing {operation!r}:\n{result.stdout}"
