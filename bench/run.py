@@ -248,6 +248,11 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
             f"{ceiling:,.0f}",
             f"{ceiling / floor_rate:.2f} x floor; unbatched above is {single / ceiling:.2f} x this",
         ))  # fmt: skip
+        rows.append((
+            "2. CPU per life cycle, HTTP ceiling",
+            f"{ctx.extra['ceiling_cpu_per_unit'] * 1e6:,.0f} us",
+            "server (uvicorn, no storage)",
+        ))  # fmt: skip
     if "batched" in phases:
         ctx.log("2. life cycles through the batch endpoints")
         batched = await life_cycles(ctx, batched=True)

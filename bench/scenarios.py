@@ -280,7 +280,11 @@ async def ceiling_cycles(ctx: Context, start: Callable[[dict[str, str]], Any]) -
     by ``start(env)`` as AsyncGate is; the server is stopped before returning."""
     server = start({"CEILING_KEY": ctx.keys["cycles"]})
     try:
+        cpu_before = cpu_seconds(server.process.pid)
         cycles, seconds = await wrk_cycles(ctx, server.port)
+        ctx.extra["ceiling_cpu_per_unit"] = (cpu_seconds(server.process.pid) - cpu_before) / max(
+            1, cycles
+        )
     finally:
         server.stop()
     return cycles / seconds
