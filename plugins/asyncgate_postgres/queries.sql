@@ -166,33 +166,36 @@ FROM json_to_recordset(%(rows)s::json) AS r(
 -- FOR SHARE, in task order: concurrent reports on one task do not wait for each other, but a
 -- terminal receipt (which locks the task FOR UPDATE) is waited for and then re-checked. A row
 -- whose conditions fail, or whose receipt_id is taken, writes nothing and returns nothing.
+-- Each row carries itself through the lock to the INSERT: a join between the two CTEs was
+-- planned from their estimates (one row) as a nested loop comparing every pair.
 WITH r AS (
     SELECT * FROM json_to_recordset(%(rows)s::json) AS r(
         tenant text, receipt_id uuid, type text, task_id uuid, from_principal text,
         lease_id uuid, parent_receipt_ids uuid[], body jsonb, artifacts jsonb,
         delivery_proof jsonb, content_hash text, created_at timestamptz)
+    ORDER BY task_id
 ), leased AS (
-    -- Each task locked through its primary key alone, in task order, then checked as locked:
-    -- the lease conditions inside would let the planner scan every leased task instead.
-    SELECT t.* FROM (SELECT DISTINCT tenant, task_id FROM r ORDER BY task_id) AS asked,
+    -- Each task locked through its primary key alone (a task named twice is locked twice,
+    -- which costs nothing more), then checked as locked: the lease conditions inside would
+    -- let the planner scan every leased task instead.
+    SELECT r.*, t.principal AS to_principal FROM r,
     LATERAL (
-        SELECT tenant, task_id, lease_id, principal, state, lease_expires_at FROM tasks
-        WHERE tenant = asked.tenant AND task_id = asked.task_id
+        SELECT lease_id, principal, state, lease_expires_at FROM tasks
+        WHERE tenant = r.tenant AND task_id = r.task_id
         OFFSET 0  -- keeps the lease conditions out: the planner would push them in
         FOR SHARE
     ) AS t
-    WHERE t.state = 'ACTIVE' AND t.lease_expires_at > %(now)s
+    WHERE t.lease_id = r.lease_id AND t.state = 'ACTIVE' AND t.lease_expires_at > %(now)s
 )
 INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
                       parent_receipt_ids, stripped_parent_receipt_ids, body, artifacts,
                       delivery_proof, content_hash, created_at)
-SELECT r.tenant, r.receipt_id, r.type, r.task_id, r.from_principal, leased.principal,
-       r.lease_id, r.parent_receipt_ids, NULL, r.body, r.artifacts, r.delivery_proof,
-       r.content_hash, r.created_at
-FROM r JOIN leased USING (tenant, task_id, lease_id)
-WHERE cardinality(r.parent_receipt_ids) = (
+SELECT tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
+       parent_receipt_ids, NULL, body, artifacts, delivery_proof, content_hash, created_at
+FROM leased
+WHERE cardinality(parent_receipt_ids) = (
     SELECT count(*) FROM receipts p
-    WHERE p.tenant = r.tenant AND p.receipt_id = ANY(r.parent_receipt_ids))
+    WHERE p.tenant = leased.tenant AND p.receipt_id = ANY(leased.parent_receipt_ids))
 ON CONFLICT DO NOTHING
 RETURNING *;
 
