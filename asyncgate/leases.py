@@ -81,7 +81,7 @@ async def claim_once(
                 "task": task_view(claimed, now),
             }
         )
-    await tx.many("grant_leases", grants)
+    await tx.many("grant_leases", grants, tenant=tenant)
     await tx.many("insert_receipt", anomalies)
     return granted, [receipt_view(row) for row in anomalies]
 

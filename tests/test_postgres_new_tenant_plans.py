@@ -191,3 +191,23 @@ def test_one_statement_receipts_do_no_work_per_pair_of_rows(
     ):
         params = {"rows": Json(receipt_rows(batch, settle)), "now": now}
         assert rows_compared_in_joins(conn, query, params) <= len(batch), query
+
+
+def test_granting_leases_reads_only_the_tasks_granted(conn: psycopg.Connection[Any]) -> None:
+    now = datetime.now(UTC)
+    pending = conn.execute(
+        "SELECT task_id::text FROM tasks WHERE tenant = 'new' AND state = 'PENDING' LIMIT %s",
+        [BATCH],
+    ).fetchall()
+
+    def grants() -> dict[str, Any]:
+        # Fresh lease ids each time: EXPLAIN ANALYZE writes them.
+        rows = [
+            {"tenant": "new", "task_id": task_id, "lease_id": str(uuid.uuid4()), "worker": "w",
+             "expires_at": now, "generation": 1, "now": now}
+            for (task_id,) in pending
+        ]  # fmt: skip
+        return {"rows": Json(rows), "tenant": "new"}
+
+    assert tasks_rows_visited(conn, "grant_leases", grants()) <= BOUND
+    assert rows_compared_in_joins(conn, "grant_leases", grants()) <= BATCH

@@ -100,7 +100,9 @@ LIMIT %(limit)s;
 
 -- grant_leases --
 -- Make each row's lease its task's current one, and keep the lease's own record (so that an
--- old lease id answers 409 rather than 404); rows are one JSON recordset.
+-- old lease id answers 409 rather than 404); rows are one JSON recordset. The tasks are found
+-- by primary key through one array of ids: a plain join with the rows was planned from the
+-- tenant's estimate (0.5 % of the table), as a scan of every task.
 WITH r AS (
     SELECT * FROM json_to_recordset(%(rows)s::json) AS r(
         tenant text, task_id uuid, lease_id uuid, worker text, expires_at timestamptz,
@@ -110,7 +112,8 @@ WITH r AS (
     SET state = 'ACTIVE', lease_id = r.lease_id, lease_worker = r.worker,
         lease_expires_at = r.expires_at, lease_generation = r.generation, updated_at = r.now
     FROM r
-    WHERE t.tenant = r.tenant AND t.task_id = r.task_id
+    WHERE t.tenant = %(tenant)s AND t.task_id = ANY(ARRAY(SELECT task_id FROM r))
+      AND t.task_id = r.task_id
 )
 INSERT INTO leases (tenant, lease_id, task_id, generation, worker, granted_at, expires_at)
 SELECT tenant, lease_id, task_id, generation, worker, now, expires_at FROM r;
