@@ -131,6 +131,14 @@ def test_lookups_by_key_read_only_their_rows(conn: psycopg.Connection[Any]) -> N
         "ids": [obligation for _, _, obligation in grants[BATCH : 2 * BATCH]],
     }
     assert tasks_rows_visited(conn, "lock_receipt_tasks", locked) <= BOUND
+    assert tasks_rows_visited(conn, "lock_receipt_tasks", locked, "receipts") <= BOUND
+    # A task's obligation is found through its receipt (migration 0004), by primary key.
+    closed = {"tenant": "new", "ids": locked["ids"], "closed_by": str(uuid.uuid4())}
+    assert tasks_rows_visited(conn, "obligations_closed_by", closed) <= BOUND
+    assert tasks_rows_visited(conn, "obligations_closed_by", closed, "receipts") <= BOUND
+    cursor = {"tenant": "new", "id": locked["ids"][0]}
+    assert tasks_rows_visited(conn, "obligation_cursor", cursor) <= 2
+    assert tasks_rows_visited(conn, "obligation_cursor", cursor, "receipts") <= 2
     one = {"tenant": "new", "task_id": some[0][0]}
     assert tasks_rows_visited(conn, "get_task", one) <= 2
 

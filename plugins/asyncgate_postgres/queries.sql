@@ -47,8 +47,10 @@ WITH locked AS (
       AND t.task_id = ANY(ARRAY(
           SELECT unnest(%(task_ids)s::uuid[])
           UNION
-          SELECT o.task_id FROM tasks o
-          WHERE o.tenant = %(tenant)s AND o.obligation_receipt_id = ANY(%(ids)s::uuid[])))
+          -- A task's obligation is its task.assigned receipt (see migration 0004).
+          SELECT o.task_id FROM receipts o
+          WHERE o.tenant = %(tenant)s AND o.receipt_id = ANY(%(ids)s::uuid[])
+            AND o.type = 'task.assigned'))
     ORDER BY t.task_id
     FOR UPDATE OF t
 )
@@ -243,7 +245,11 @@ WHERE l.tenant = %(tenant)s AND l.lease_id = ended.lease_id AND l.released_at IS
 -- obligations_closed_by --
 -- Which of the given obligations a receipt closed (for an idempotent replay).
 SELECT obligation_receipt_id FROM tasks
-WHERE tenant = %(tenant)s AND obligation_receipt_id = ANY(%(ids)s::uuid[])
+WHERE tenant = %(tenant)s
+  AND task_id = ANY(ARRAY(
+      SELECT o.task_id FROM receipts o
+      WHERE o.tenant = %(tenant)s AND o.receipt_id = ANY(%(ids)s::uuid[])
+        AND o.type = 'task.assigned'))
   AND obligation_closed_by = %(closed_by)s::uuid;
 
 -- list_receipts --
@@ -274,8 +280,9 @@ LIMIT %(limit)s;
 
 -- obligation_cursor --
 -- The keyset position of an obligation id.
-SELECT created_at, task_id AS id FROM tasks
-WHERE tenant = %(tenant)s AND obligation_receipt_id = %(id)s::uuid;
+SELECT t.created_at, t.task_id AS id
+FROM receipts o JOIN tasks t ON t.tenant = o.tenant AND t.task_id = o.task_id
+WHERE o.tenant = %(tenant)s AND o.receipt_id = %(id)s::uuid AND o.type = 'task.assigned';
 
 -- task_cursor --
 -- The keyset position of a task id.
@@ -403,14 +410,13 @@ WITH r AS (
         delivery_proof jsonb, content_hash text, state text, closes boolean)
     ORDER BY tenant, task_id
 ), checked AS (
+    -- Every parent exists and none is another task's obligation (its task.assigned receipt):
+    -- one probe of the receipts' primary key per parent.
     SELECT * FROM r
     WHERE cardinality(r.parent_receipt_ids) = (
-          SELECT count(*) FROM receipts p
+          SELECT count(*) FILTER (WHERE p.type <> 'task.assigned' OR p.task_id = r.task_id)
+          FROM receipts p
           WHERE p.tenant = r.tenant AND p.receipt_id = ANY(r.parent_receipt_ids))
-      AND NOT EXISTS (
-          SELECT 1 FROM tasks o
-          WHERE o.tenant = r.tenant AND o.obligation_receipt_id = ANY(r.parent_receipt_ids)
-            AND o.task_id <> r.task_id)
       AND NOT EXISTS (
           SELECT 1 FROM receipts x WHERE x.tenant = r.tenant AND x.receipt_id = r.receipt_id)
     ORDER BY tenant, task_id
