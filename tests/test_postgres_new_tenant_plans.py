@@ -63,19 +63,41 @@ def leased(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str]]:
     ).fetchall()
 
 
+def plan_nodes(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> list[dict]:
+    """Every node of the statement's EXPLAIN ANALYZE plan (the statement runs)."""
+    [[plan]] = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {QUERIES[query]}", params).fetchone()
+    nodes, pending = [], [plan["Plan"]]
+    while pending:
+        node = pending.pop()
+        pending.extend(node.get("Plans", []))
+        nodes.append(node)
+    return nodes
+
+
 def tasks_rows_visited(
     conn: psycopg.Connection[Any], query: str, params: dict[str, Any], relation: str = "tasks"
 ) -> int:
     """Rows of ``relation`` the statement's plan read, kept or filtered out, over all loops."""
-    [[plan]] = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {QUERIES[query]}", params).fetchone()
-    visited, pending = 0, [plan["Plan"]]
-    while pending:
-        node = pending.pop()
-        pending.extend(node.get("Plans", []))
-        if node.get("Relation Name") == relation:
-            read = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
-            visited += (read + node.get("Rows Removed by Index Recheck", 0)) * node["Actual Loops"]
-    return visited
+    return sum(
+        (
+            node["Actual Rows"]
+            + node.get("Rows Removed by Filter", 0)
+            + node.get("Rows Removed by Index Recheck", 0)
+        )
+        * node["Actual Loops"]
+        for node in plan_nodes(conn, query, params)
+        if node.get("Relation Name") == relation
+    )
+
+
+def rows_compared_in_joins(
+    conn: psycopg.Connection[Any], query: str, params: dict[str, Any]
+) -> int:
+    """Rows a plan's joins compared and rejected, over all loops."""
+    return sum(
+        node.get("Rows Removed by Join Filter", 0) * node["Actual Loops"]
+        for node in plan_nodes(conn, query, params)
+    )
 
 
 def receipt_rows(grants: list[tuple[str, str, str]], settle: bool) -> list[dict[str, Any]]:
@@ -170,19 +192,6 @@ def test_receipt_effects_touch_only_their_tasks_and_leases(conn: psycopg.Connect
     params = {"rows": Json(rows), "tenant": "new"}
     assert tasks_rows_visited(conn, "apply_receipt_effects", params) <= BOUND
     assert tasks_rows_visited(conn, "apply_receipt_effects", params, "leases") <= BOUND
-
-
-def rows_compared_in_joins(
-    conn: psycopg.Connection[Any], query: str, params: dict[str, Any]
-) -> int:
-    """Rows a plan's joins compared and rejected, over all loops."""
-    [[plan]] = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {QUERIES[query]}", params).fetchone()
-    rejected, pending = 0, [plan["Plan"]]
-    while pending:
-        node = pending.pop()
-        pending.extend(node.get("Plans", []))
-        rejected += node.get("Rows Removed by Join Filter", 0) * node["Actual Loops"]
-    return rejected
 
 
 def test_one_statement_receipts_do_no_work_per_pair_of_rows(

@@ -491,19 +491,21 @@ def test_receipts_are_returned_with_every_stored_field(client):
     assert stored["created_at"].endswith("Z")
 
 
+def success_under(grant):
+    """A locatable task.success under a grant's lease, naming its task's obligation."""
+    return {
+        "type": "task.success",
+        "task_id": grant["task"]["task_id"],
+        "lease_id": grant["lease_id"],
+        "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
+        "artifacts": [ARTIFACT],
+    }
+
+
 def test_a_batch_of_successes_on_many_tasks_closes_every_obligation(client):
     tasks = [client.create_task(type="many") for _ in range(4)]
     grants = client.claim(types=["many"], max_tasks=4)
-    receipts = [
-        {
-            "type": "task.success",
-            "task_id": grant["task"]["task_id"],
-            "lease_id": grant["lease_id"],
-            "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
-            "artifacts": [ARTIFACT],
-        }
-        for grant in grants
-    ]
+    receipts = [success_under(grant) for grant in grants]
     result = client.post("/v1/receipts/batch", json={"receipts": receipts})
     assert result.status_code == 201, result.text
     results = result.json["results"]
@@ -531,16 +533,7 @@ def test_a_batch_of_successes_on_many_tasks_closes_every_obligation(client):
 def test_one_unwritable_success_in_a_batch_writes_none_of_them(client, broken, status, field):
     tasks = [client.create_task(type="whole") for _ in range(3)]
     grants = client.claim(types=["whole"], max_tasks=3)
-    receipts = [
-        {
-            "type": "task.success",
-            "task_id": grant["task"]["task_id"],
-            "lease_id": grant["lease_id"],
-            "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
-            "artifacts": [ARTIFACT],
-        }
-        for grant in grants
-    ]
+    receipts = [success_under(grant) for grant in grants]
     if broken == "stale lease":
         receipts[1]["lease_id"] = str(uuid.uuid4())
     elif broken == "missing parent":
