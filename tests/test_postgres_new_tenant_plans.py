@@ -141,6 +141,10 @@ def test_claims_read_only_the_tasks_they_take(conn: psycopg.Connection[Any]) -> 
     ]
     shared = {"tenant": "new", "types": None, "limit": BATCH, "now": now}
     assert tasks_rows_visited(conn, "claim_at_once", {"rows": Json(slots), **shared}) <= BOUND
+    # A hundred joined claims: their slots meet the candidates by hash, not pair by pair.
+    many = [{**slots[0], "slot": n + 1, "lease_id": str(uuid.uuid4())} for n in range(100)]
+    params = {"rows": Json(many), **shared, "limit": len(many)}
+    assert rows_compared_in_joins(conn, "claim_at_once", params) <= len(many)
     assert tasks_rows_visited(conn, "claim_candidates", shared) <= BOUND
 
 
