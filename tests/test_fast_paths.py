@@ -225,3 +225,26 @@ async def test_only_terminating_receipts_on_distinct_tasks_settle_as_one_batch(
     assert not ledger._settle_together([success(grant), success(grant, receipt_id=new_id())])
     progress = {**success(other), "type": "task.progress", "parent_receipt_ids": []}
     assert not ledger._settle_together([success(grant), progress])
+
+
+@pytest.mark.anyio
+async def test_one_receipt_id_on_two_settled_tasks_fails_the_statement_and_writes_nothing(
+    ledger: Ledger, identity: Identity, pg_database: str
+) -> None:
+    # The receipt_id is checked new before the INSERT, which has no ON CONFLICT: a clash the
+    # check cannot see (here, inside one statement) fails the whole statement, so no task is
+    # settled without its receipt, and every row goes to the general path (None).
+    grants = [await leased_task(ledger, identity) for _ in range(2)]
+    shared_id = new_id()
+    rows = [receipts.settle_row(identity, success(grant, receipt_id=shared_id)) for grant in grants]
+    before = ledger_size(pg_database, identity)
+    assert await ledger._write_at_once("settle", "settle_under_lease", rows) == [None, None]
+    assert ledger_size(pg_database, identity) == before
+    for grant in grants:
+        task = await ledger.get_task(identity, grant["task"]["task_id"])
+        assert (task["state"], task["obligation_open"]) == ("ACTIVE", True)
+    # The same rows with ids of their own are written.
+    for row in rows:
+        row["receipt_id"] = new_id()
+    written = await ledger._write_at_once("settle", "settle_under_lease", rows)
+    assert [row["receipt_id"] for row in written] == [row["receipt_id"] for row in rows]
