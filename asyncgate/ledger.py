@@ -107,13 +107,10 @@ class Ledger:
     async def _write_at_once(self, kind: str, query: str, rows: list[Row]) -> list[Row | None]:
         """A fast-path receipt statement (see ``write_receipts``) for joined requests' rows:
         for each, the receipt it wrote, or ``None`` if it wrote nothing."""
-        now = utcnow()
-        for row in rows:
-            row["created_at"] = now
 
         async def write() -> list[Row]:
             async with self.dialect.autocommit() as tx:
-                return await tx.many_returning(query, rows, now=now)
+                return await tx.many_returning(query, rows, now=utcnow())
 
         written = await self._joined(kind, len(rows), write)
         if written is None:

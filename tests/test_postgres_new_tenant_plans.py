@@ -114,7 +114,6 @@ def receipt_rows(grants: list[tuple[str, str, str]], settle: bool) -> list[dict[
             "artifacts": [{"uri": "s3://bucket/out"}] if settle else [],
             "delivery_proof": None,
             "content_hash": "h",
-            "created_at": datetime.now(UTC),
             "state": "COMPLETED",
             "closes": settle,
         }

@@ -177,7 +177,7 @@ WITH r AS (
     SELECT * FROM json_to_recordset(%(rows)s::json) AS r(
         tenant text, receipt_id uuid, type text, task_id uuid, from_principal text,
         lease_id uuid, parent_receipt_ids uuid[], body jsonb, artifacts jsonb,
-        delivery_proof jsonb, content_hash text, created_at timestamptz)
+        delivery_proof jsonb, content_hash text)
     ORDER BY task_id
 ), leased AS (
     -- Each task locked through its primary key alone (a task named twice is locked twice,
@@ -196,7 +196,7 @@ INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_prin
                       parent_receipt_ids, stripped_parent_receipt_ids, body, artifacts,
                       delivery_proof, content_hash, created_at)
 SELECT tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
-       parent_receipt_ids, NULL, body, artifacts, delivery_proof, content_hash, created_at
+       parent_receipt_ids, NULL, body, artifacts, delivery_proof, content_hash, %(now)s
 FROM leased
 WHERE cardinality(parent_receipt_ids) = (
     SELECT count(*) FROM receipts p

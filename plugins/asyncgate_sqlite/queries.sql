@@ -124,7 +124,7 @@ INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_prin
                       parent_receipt_ids, stripped_parent_receipt_ids, body, artifacts,
                       delivery_proof, content_hash, created_at)
 SELECT :tenant, :receipt_id, :type, t.task_id, :from_principal, t.principal, :lease_id,
-       :parent_receipt_ids, NULL, :body, :artifacts, :delivery_proof, :content_hash, :created_at
+       :parent_receipt_ids, NULL, :body, :artifacts, :delivery_proof, :content_hash, :now
 FROM tasks t
 WHERE t.tenant = :tenant AND t.task_id = :task_id AND t.lease_id = :lease_id
   AND t.state = 'ACTIVE' AND t.lease_expires_at > :now
