@@ -8,15 +8,20 @@ import sys
 from asyncgate import PROJECT_ROOT
 
 
-def test_bench_quick_run_prints_every_row_of_the_table():
+def run_bench(script: str, *args: str, timeout: int = 300) -> str:
+    """Run ``bench/<script>`` with ``args``; its standard output, once it exited 0."""
     result = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "bench" / "run.py"), "--quick", "--duration", "1"],
+        [sys.executable, str(PROJECT_ROOT / "bench" / script), *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    table = result.stdout
+    return result.stdout
+
+
+def test_bench_quick_run_prints_every_row_of_the_table():
+    table = run_bench("run.py", "--quick", "--duration", "1", timeout=600)
     for row in (
         "floor: psycopg INSERTs/s",
         "1. receipt ingest/s",
@@ -34,13 +39,7 @@ def test_bench_quick_run_prints_every_row_of_the_table():
 
 
 def test_inprocess_bench_reports_every_operation():
-    result = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "bench" / "inprocess.py"), "--count", "20"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    output = run_bench("inprocess.py", "--count", "20")
     for operation in (
         "progress receipt",
         "create task",
@@ -51,16 +50,10 @@ def test_inprocess_bench_reports_every_operation():
         "batched success",
         "batched life cycle",
     ):
-        assert operation in result.stdout, f"missing {operation!r}:\n{result.stdout}"
+        assert operation in output, f"missing {operation!r}:\n{output}"
 
 
 def test_sqlite_joined_bench_reports_both_ways():
-    result = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "bench" / "sqlite_joined.py"), "--count", "64"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    output = run_bench("sqlite_joined.py", "--count", "64")
     for line in ("joined (as served)", "one statement each", "ratio"):
-        assert line in result.stdout, f"missing {line!r}:\n{result.stdout}"
+        assert line in output, f"missing {line!r}:\n{output}"
