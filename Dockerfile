@@ -23,4 +23,5 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
     CMD python -c "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/v1/health', timeout=4).status == 200 else 1)"
 
-CMD ["uvicorn", "asyncgate.main:app", "--host", "0.0.0.0", "--port", "8080", "--proxy-headers"]
+CMD ["uvicorn", "asyncgate.main:app", "--host", "0.0.0.0", "--port", "8080", "--proxy-headers", \
+     "--http", "asyncgate.http_protocol:HttpToolsJoinedWrites"]

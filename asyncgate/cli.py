@@ -25,6 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from asyncgate.app import create_app
+    from asyncgate.http_protocol import JOINED_WRITES_PROTOCOL
 
     settings = _settings(require_keys=True)
     create_app(settings)  # every plugin choice is checked here, before anything listens
@@ -36,6 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     uvicorn.run(
         "asyncgate.main:app",
+        http=JOINED_WRITES_PROTOCOL,
         host=args.host,
         port=args.port,
         workers=args.workers,

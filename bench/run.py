@@ -41,6 +41,8 @@ from scenarios import (  # noqa: E402  (bench/ is not a package)
     seed,
 )
 
+from asyncgate.http_protocol import JOINED_WRITES_PROTOCOL  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("ingest", "cycles", "batched", "claims", "bootstrap")
 HISTORY = 20_000
@@ -90,7 +92,8 @@ def serve(app: str, port: int, workers: int, env: dict[str, str]) -> Served:
     command = [
         sys.executable, "-m", "uvicorn", app,
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-        "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--log-level", "warning",
+        "--loop", "uvloop", "--http", JOINED_WRITES_PROTOCOL,
     ]  # fmt: skip
     server = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 30

@@ -24,6 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
+from asyncgate.http_protocol import JOINED_WRITES_PROTOCOL
+
 HOST = "127.0.0.1"
 
 
@@ -72,6 +74,7 @@ class AsyncGateServer:
     def start(self, timeout: float = 30.0) -> AsyncGateServer:
         command = [sys.executable, "-m", "uvicorn", "asyncgate.main:app", "--host", HOST]
         command += ["--port", str(self.port), "--no-access-log", "--log-level", "info"]
+        command += ["--http", JOINED_WRITES_PROTOCOL]  # as `asyncgate serve` and the image run it
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
