@@ -53,9 +53,13 @@ DEFAULT_CONNINFO = {"application_name": "asyncgate", "connect_timeout": "5"}
 SESSION_SETUP = (
     # Timestamps come back as UTC datetimes.
     "SET TIME ZONE 'UTC'",
-    # The optional filters (`%(x)s IS NULL OR ...`) need plans made for the actual values.
+    # Until the ledger is known to be large enough (see PlanMode), every call is planned.
     "SET plan_cache_mode = force_custom_plan",
 )
+# Planned for their actual values on every call (sent unprepared): their optional filters and
+# keyset cursors (`%(x)s IS NULL OR ...`) fold away, or become index bounds, only when the
+# planner sees the values. A generic plan would read a deep page from the tenant's first row.
+PLANNED_PER_CALL = frozenset({"list_tasks", "list_receipts", "open_obligations"})
 # SQLSTATE classes meaning the server or the connection went away: 08 connection exception,
 # 57P admin/crash shutdown or "cannot connect now" (starting up, recovering).
 _DOWN_STATES = ("08", "57P")
@@ -121,6 +125,51 @@ async def _check_if_idle(conn: psycopg.AsyncConnection[Any]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
+class PlanMode:
+    """Whether prepared statements may keep one generic plan, on every pooled connection.
+
+    psycopg prepares a statement on its fifth use. Under plan_cache_mode `auto` the server
+    then keeps one generic plan for it when that plan is estimated no worse than the plans made
+    for actual values; planning each write anew was about 40 % of the server's CPU per life
+    cycle. But a generic plan is kept until the tables are analyzed again, and one made on
+    near-empty tables is a guess: there every index costs the same, and a key lookup was
+    planned through an index on the tenant alone, a scan of the tenant once the tables fill
+    (tests/test_postgres_plan_mode.py). So plans are made per call until the statistics say that
+    tasks, receipts and leases each hold GENERIC_PLANS_MIN_ROWS rows, checked at most once per
+    CHECK_INTERVAL, and each connection is switched as it leaves the pool.
+    """
+
+    GENERIC_PLANS_MIN_ROWS = 1000
+    CHECK_INTERVAL = 60.0
+    # -1 until all three tables exist (before the first migration) and have been analyzed.
+    ROWS_KNOWN = (
+        "SELECT CASE WHEN count(*) = 3 THEN min(reltuples) ELSE -1 END AS rows FROM pg_class"
+        " WHERE oid IN (to_regclass('tasks'), to_regclass('receipts'), to_regclass('leases'))"
+    )
+
+    def __init__(self) -> None:
+        self.wanted = "force_custom_plan"
+        self._checked_at = -self.CHECK_INTERVAL
+        # Every connection starts in force_custom_plan (SESSION_SETUP).
+        self._set: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], str] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def recheck(self) -> None:
+        """Look at the statistics again on the next checkout (tests, and after migrating)."""
+        self._checked_at = -self.CHECK_INTERVAL
+
+    async def apply(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if time.monotonic() - self._checked_at >= self.CHECK_INTERVAL:
+            self._checked_at = time.monotonic()
+            row = await (await conn.execute(self.ROWS_KNOWN)).fetchone()
+            rows = row["rows"] if isinstance(row, dict) else row[0]  # type: ignore[index]
+            self.wanted = "auto" if rows >= self.GENERIC_PLANS_MIN_ROWS else "force_custom_plan"
+        if self._set.get(conn, "force_custom_plan") != self.wanted:
+            await conn.execute(f"SET plan_cache_mode = {self.wanted}")
+            self._set[conn] = self.wanted
+
+
 SNAPSHOT_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
 
@@ -151,11 +200,15 @@ class PostgresTx:
         self.conn = conn
 
     async def one(self, query: str, **params: Any) -> Row | None:
-        cursor = await self.conn.execute(QUERIES[query], to_db(params))
+        cursor = await self.conn.execute(
+            QUERIES[query], to_db(params), prepare=False if query in PLANNED_PER_CALL else None
+        )
         return await cursor.fetchone()
 
     async def all(self, query: str, **params: Any) -> list[Row]:
-        cursor = await self.conn.execute(QUERIES[query], to_db(params))
+        cursor = await self.conn.execute(
+            QUERIES[query], to_db(params), prepare=False if query in PLANNED_PER_CALL else None
+        )
         return await cursor.fetchall()
 
     async def run(self, query: str, **params: Any) -> None:
@@ -210,6 +263,15 @@ class _Borrowed:
                 raise
             raise mapped from exc
         self._pool = pool
+        try:
+            await dialect.plan_mode.apply(self._conn)
+        except BaseException as exc:
+            # __aexit__ will not run: the connection goes back here (the pool discards it
+            # if it broke).
+            await pool.putconn(self._conn)
+            if isinstance(exc, Exception) and (mapped := dialect._mapped(exc)) is not None:
+                raise mapped from exc
+            raise
         return self._conn
 
     async def __aexit__(
@@ -247,6 +309,7 @@ class PostgresDialect:
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] | None = None
         self._signal = TaskSignal()
         self._listener = Listener(conninfo, self._signal)
+        self.plan_mode = PlanMode()
         # Set when the server is seen down; cleared by the first probe that connects.
         self._down = False
         self._probed_at = 0.0
