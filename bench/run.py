@@ -114,7 +114,7 @@ def start_server(ctx: Context, workers: int, keys_file: Path) -> Served:
         "ASYNCGATE_DATABASE_URL": ctx.database_url,
         "ASYNCGATE_API_KEYS_FILE": str(keys_file),
         "ASYNCGATE_RATE_LIMIT_ACTIVE": "false",
-        "ASYNCGATE_LOG_LEVEL": "WARNING",
+        "ASYNCGATE_LOG_LEVEL": os.environ.get("BENCH_LOG", "WARNING"),
         "ASYNCGATE_DB_POOL_MIN_SIZE": os.environ.get("BENCH_POOL_MIN", "4"),
         "ASYNCGATE_DB_POOL_MAX_SIZE": os.environ.get("BENCH_POOL_MAX", "20"),
     }

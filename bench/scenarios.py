@@ -341,6 +341,13 @@ WITH t AS (
     SELECT %(tenant)s, obligation, 'task.assigned', task_id, 'service:bench', 'service:bench',
            '{}', '{"task_type": "seed", "priority": 0}', '[]', 'seed', at
     FROM t
+), leases_in AS (
+    -- Each closed task's lease record, released when it failed.
+    INSERT INTO leases (tenant, lease_id, task_id, generation, worker, granted_at, expires_at,
+                        released_at)
+    SELECT %(tenant)s, gen_random_uuid(), task_id, 1, 'bench:seed', at, at + interval '1 minute',
+           at + interval '1 second'
+    FROM t WHERE NOT %(open)s
 )
 INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal,
                       parent_receipt_ids, body, artifacts, content_hash, created_at)

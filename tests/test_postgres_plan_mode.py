@@ -10,6 +10,7 @@ stay cheap on tables ten times larger, before any new ANALYZE. Row counts, never
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -59,7 +60,9 @@ def database() -> Iterator[str]:
     drop_pg_database(name)
 
 
-def test_every_call_is_planned_until_the_tables_are_large_enough(database: str) -> None:
+def test_every_call_is_planned_until_the_tables_are_large_enough(
+    database: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async def mode(dialect: PostgresDialect) -> str:
         dialect.plan_mode.recheck()
         async with dialect._connection() as conn:
@@ -81,7 +84,13 @@ def test_every_call_is_planned_until_the_tables_are_large_enough(database: str) 
         finally:
             await dialect.close()
 
-    assert asyncio.run(scenario()) == ["force_custom_plan"] * 3 + ["auto"]
+    with caplog.at_level(logging.INFO, logger="asyncgate"):
+        assert asyncio.run(scenario()) == ["force_custom_plan"] * 3 + ["auto"]
+    # Operators see the switch once, in the structured log.
+    switches = [r for r in caplog.records if r.getMessage().startswith("plan_cache_mode is now")]
+    assert [(r.getMessage(), r.fewest_rows >= THRESHOLD) for r in switches] == [
+        ("plan_cache_mode is now auto", True)
+    ]
 
 
 def rows_visited(nodes: list[dict]) -> dict[str, int]:

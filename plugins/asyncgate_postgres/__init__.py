@@ -135,12 +135,14 @@ class PlanMode:
     near-empty tables is a guess: there every index costs the same, and a key lookup was
     planned through an index on the tenant alone, a scan of the tenant once the tables fill
     (tests/test_postgres_plan_mode.py). So plans are made per call until the statistics say that
-    tasks, receipts and leases each hold GENERIC_PLANS_MIN_ROWS rows, checked at most once per
-    CHECK_INTERVAL, and each connection is switched as it leaves the pool.
+    tasks, receipts and leases each hold GENERIC_PLANS_MIN_ROWS rows (autovacuum's ANALYZE
+    updates them), and each connection is switched as it leaves the pool. The statistics are
+    read on a pooled connection every few seconds until then, and every minute after.
     """
 
     GENERIC_PLANS_MIN_ROWS = 1000
     CHECK_INTERVAL = 60.0
+    CHECK_INTERVAL_UNTIL_LARGE = 5.0
     # -1 until all three tables exist (before the first migration) and have been analyzed.
     ROWS_KNOWN = (
         "SELECT CASE WHEN count(*) = 3 THEN min(reltuples) ELSE -1 END AS rows FROM pg_class"
@@ -160,11 +162,18 @@ class PlanMode:
         self._checked_at = -self.CHECK_INTERVAL
 
     async def apply(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        if time.monotonic() - self._checked_at >= self.CHECK_INTERVAL:
+        interval = self.CHECK_INTERVAL if self.wanted == "auto" else self.CHECK_INTERVAL_UNTIL_LARGE
+        if time.monotonic() - self._checked_at >= interval:
             self._checked_at = time.monotonic()
             row = await (await conn.execute(self.ROWS_KNOWN)).fetchone()
             rows = row["rows"] if isinstance(row, dict) else row[0]  # type: ignore[index]
-            self.wanted = "auto" if rows >= self.GENERIC_PLANS_MIN_ROWS else "force_custom_plan"
+            wanted = "auto" if rows >= self.GENERIC_PLANS_MIN_ROWS else "force_custom_plan"
+            if wanted != self.wanted:
+                log.info(
+                    "plan_cache_mode is now %s", wanted,
+                    extra={"plan_cache_mode": wanted, "fewest_rows": rows},
+                )  # fmt: skip
+            self.wanted = wanted
         if self._set.get(conn, "force_custom_plan") != self.wanted:
             await conn.execute(f"SET plan_cache_mode = {self.wanted}")
             self._set[conn] = self.wanted
