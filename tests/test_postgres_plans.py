@@ -55,7 +55,9 @@ WHERE NOT %(open)s OR r.type <> 'task.success'
 # receipts through receipts_by_type to intersect with the few rows the parents index finds.
 NAMED_BY_TERMINATING = """
 WITH naming AS MATERIALIZED (
-    SELECT tenant, type FROM receipts WHERE parent_receipt_ids @> ARRAY[%(obligation)s::uuid]
+    -- The second condition is the index's own (migration 0005): it holds no empty lists.
+    SELECT tenant, type FROM receipts
+    WHERE parent_receipt_ids @> ARRAY[%(obligation)s::uuid] AND parent_receipt_ids <> '{}'
 )
 SELECT NOT EXISTS (
     SELECT 1 FROM naming
