@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -132,3 +133,41 @@ def test_generic_plans_made_at_the_threshold_stay_cheap_as_the_tables_grow(datab
         if any(rows > 3 * 10 for rows in visited.values())
     }
     assert too_many == {}, (too_many, at_threshold)
+
+
+def test_pages_are_planned_for_their_values_on_every_call(database: str) -> None:
+    """Pages are never prepared (PLANNED_PER_CALL): a generic plan cannot turn their optional
+    filters and keyset cursor into index bounds, and would read a deep page from the tenant's
+    first row. Key lookups, by contrast, are prepared on their fifth use."""
+    fill(database, "t", THRESHOLD, analyze=True)
+    no_filters = dict.fromkeys(("task_id", "type", "type_prefix", "since", "until"))
+    no_cursor = {"after_created_at": None, "after_id": None}
+
+    async def scenario() -> tuple[str, set[str]]:
+        dialect = PostgresDialect(conninfo_from_url(database), 1, 1)
+        try:
+            async with dialect.autocommit() as tx:
+                for _ in range(8):
+                    await tx.all("list_receipts", tenant="t", limit=5, **no_filters, **no_cursor)
+                    await tx.all("list_tasks", tenant="t", limit=5, type=None, state=None,
+                                 now=datetime.now(UTC), **no_cursor)  # fmt: skip
+                    await tx.all("open_obligations", tenant="t", limit=5, **no_cursor)
+                    await tx.one("get_task", tenant="t", task_id=str(uuid.uuid4()))
+                mode = await (await tx.conn.execute("SHOW plan_cache_mode")).fetchone()
+                prepared = await (
+                    await tx.conn.execute("SELECT statement FROM pg_prepared_statements")
+                ).fetchall()
+            return mode["plan_cache_mode"], {row["statement"] for row in prepared}
+        finally:
+            await dialect.close()
+
+    mode, prepared = asyncio.run(scenario())
+    assert mode == "auto"
+
+    def was_prepared(query: str) -> bool:
+        # Up to the first parameter: the server holds it as $1, not %(name)s.
+        head = QUERIES[query].split("%(", 1)[0]
+        return any(statement.startswith(head) for statement in prepared)
+
+    assert was_prepared("get_task")
+    assert [q for q in ("list_receipts", "list_tasks", "open_obligations") if was_prepared(q)] == []
