@@ -1,9 +1,9 @@
 """Query plans with their actual row counts, of both kinds the server may run.
 
-psycopg prepares a statement on its fifth use; from then on the server (plan_cache_mode
-`auto`, see asyncgate_postgres.SESSION_SETUP) may keep one generic plan for it, made without
-the parameter values, instead of planning each call for its values. Either kind can run in
-production, so the plan tests check both:
+psycopg prepares a statement on its fifth use; once the ledger is large enough
+(asyncgate_postgres.PlanMode sets plan_cache_mode `auto`), the server may then keep one
+generic plan for it, made without the parameter values, instead of planning each call for its
+values. Either kind can run in production, so the plan tests check both:
 
 - ``custom``: EXPLAIN ANALYZE of the statement with its values, as the first calls are planned;
 - ``generic``: the statement prepared and run under ``plan_cache_mode = force_generic_plan``,

@@ -130,7 +130,7 @@ class PlanMode:
 
     psycopg prepares a statement on its fifth use. Under plan_cache_mode `auto` the server
     then keeps one generic plan for it when that plan is estimated no worse than the plans made
-    for actual values; planning each write anew was about 40 % of the server's CPU per life
+    for actual values; planning each write anew was about 40 % of PostgreSQL's CPU per life
     cycle. But a generic plan is kept until the tables are analyzed again, and one made on
     near-empty tables is a guess: there every index costs the same, and a key lookup was
     planned through an index on the tenant alone, a scan of the tenant once the tables fill
@@ -158,7 +158,7 @@ class PlanMode:
         )
 
     def recheck(self) -> None:
-        """Look at the statistics again on the next checkout (tests, and after migrating)."""
+        """Look at the statistics again on the next checkout, whatever the interval."""
         self._checked_at = -self.CHECK_INTERVAL
 
     async def apply(self, conn: psycopg.AsyncConnection[Any]) -> None:
