@@ -51,6 +51,7 @@ class Settings:
     webhook_timeout_seconds: float = 2.0
     db_pool_min_size: int = 1
     db_pool_max_size: int = 10
+    db_generic_plans: bool = True
     log_level: str = "INFO"
     migrate_on_start: bool = True
     # sha256 hex of a key -> who it authenticates
@@ -110,6 +111,7 @@ class Settings:
             webhook_timeout_seconds=reader.number("WEBHOOK_TIMEOUT_SECONDS", 2.0, 0.1, 60.0),
             db_pool_min_size=reader.integer("DB_POOL_MIN_SIZE", 1, 0, 1000),
             db_pool_max_size=reader.integer("DB_POOL_MAX_SIZE", 10, 1, 1000),
+            db_generic_plans=reader.boolean("DB_GENERIC_PLANS", True),
             log_level=reader.choice(
                 "LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}, upper=True
             ),

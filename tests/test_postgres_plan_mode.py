@@ -31,6 +31,9 @@ from plans import hot_statement_params, plan_nodes
 from psycopg.types.json import set_json_dumps
 from test_postgres_plans import BULK
 
+from asyncgate import plugins
+from asyncgate.settings import Settings
+
 THRESHOLD = PlanMode.GENERIC_PLANS_MIN_ROWS
 LEASES = """
 INSERT INTO leases (tenant, lease_id, task_id, generation, worker, granted_at, expires_at,
@@ -171,3 +174,23 @@ def test_pages_are_planned_for_their_values_on_every_call(database: str) -> None
 
     assert was_prepared("get_task")
     assert [q for q in ("list_receipts", "list_tasks", "open_obligations") if was_prepared(q)] == []
+
+
+def test_operators_can_keep_every_call_planned(database: str) -> None:
+    fill(database, "t", THRESHOLD, analyze=True)
+    settings = Settings.from_env(
+        {"ASYNCGATE_DATABASE_URL": database, "ASYNCGATE_DB_GENERIC_PLANS": "false"},
+        require_keys=False,
+    )
+
+    async def mode() -> str:
+        dialect = plugins.dialect_for(settings)
+        try:
+            dialect.plan_mode.recheck()
+            async with dialect._connection() as conn:
+                row = await (await conn.execute("SHOW plan_cache_mode")).fetchone()
+                return row["plan_cache_mode"]
+        finally:
+            await dialect.close()
+
+    assert asyncio.run(mode()) == "force_custom_plan"

@@ -138,6 +138,7 @@ class PlanMode:
     tasks, receipts and leases each hold GENERIC_PLANS_MIN_ROWS rows (autovacuum's ANALYZE
     updates them), and each connection is switched as it leaves the pool. The statistics are
     read on a pooled connection every few seconds until then, and every minute after.
+    ASYNCGATE_DB_GENERIC_PLANS=false (``allowed=False``) keeps every call planned.
     """
 
     GENERIC_PLANS_MIN_ROWS = 1000
@@ -149,7 +150,8 @@ class PlanMode:
         " WHERE oid IN (to_regclass('tasks'), to_regclass('receipts'), to_regclass('leases'))"
     )
 
-    def __init__(self) -> None:
+    def __init__(self, allowed: bool = True) -> None:
+        self.allowed = allowed
         self.wanted = "force_custom_plan"
         self._checked_at = -self.CHECK_INTERVAL
         # Every connection starts in force_custom_plan (SESSION_SETUP).
@@ -162,6 +164,8 @@ class PlanMode:
         self._checked_at = -self.CHECK_INTERVAL
 
     async def apply(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if not self.allowed:
+            return
         interval = self.CHECK_INTERVAL if self.wanted == "auto" else self.CHECK_INTERVAL_UNTIL_LARGE
         if time.monotonic() - self._checked_at >= interval:
             self._checked_at = time.monotonic()
@@ -311,14 +315,16 @@ class PostgresDialect:
     # Each saves a transaction's worth of round trips and statements on a hot path.
     fast_paths = frozenset({"claim_at_once", "settle_under_lease"})
 
-    def __init__(self, conninfo: str, min_size: int, max_size: int) -> None:
+    def __init__(
+        self, conninfo: str, min_size: int, max_size: int, generic_plans: bool = True
+    ) -> None:
         self.conninfo = conninfo
         self.min_size = min_size
         self.max_size = max_size
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] | None = None
         self._signal = TaskSignal()
         self._listener = Listener(conninfo, self._signal)
-        self.plan_mode = PlanMode()
+        self.plan_mode = PlanMode(allowed=generic_plans)
         # Set when the server is seen down; cleared by the first probe that connects.
         self._down = False
         self._probed_at = 0.0
@@ -495,5 +501,8 @@ def asyncgate_dialect(scheme: str, url: str, settings: Settings) -> PostgresDial
     if scheme not in SCHEMES:
         return None
     return PostgresDialect(
-        conninfo_from_url(url), settings.db_pool_min_size, settings.db_pool_max_size
+        conninfo_from_url(url),
+        settings.db_pool_min_size,
+        settings.db_pool_max_size,
+        generic_plans=settings.db_generic_plans,
     )
