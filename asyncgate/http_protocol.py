@@ -8,7 +8,9 @@ body of a buffered response in one turn, so each response leaves in one write; a
 body still goes out chunk by chunk.
 
 Select it with ``--http asyncgate.http_protocol:HttpToolsJoinedWrites`` (``asyncgate serve``
-and the Docker image do). Without it, uvicorn's own protocol sends the same bytes.
+and the Docker image do). Without it, uvicorn's own protocol sends the same bytes. It builds on
+uvicorn's httptools protocol class, not a public API: tests/test_http_protocol.py and every
+real-server test (tests/realprocs.py) run through it, so an incompatible uvicorn fails CI.
 """
 
 from __future__ import annotations
@@ -47,11 +49,20 @@ class JoinedWritesTransport:
         if pending and not self._transport.is_closing():
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
     def close(self) -> None:
         self.flush()  # what was written before close() still goes out, as with the bare transport
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
+        # Everything else (reading, flow control, extra info, abort) is the transport's own.
         return getattr(self._transport, name)
 
 

@@ -35,6 +35,9 @@ class RecordingTransport:
     def close(self) -> None:
         self.closed = True
 
+    def write_eof(self) -> None:
+        self.writes.append(b"<eof>")
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 8080) if name == "sockname" else default
 
@@ -82,6 +85,19 @@ def test_close_sends_what_was_written_first_and_a_lost_connection_gets_nothing()
     assert closed_by_server.writes == [b"HTTP/1.1 400 Bad Request\r\n\r\n"]
     assert closed_by_server.closed
     assert lost.writes == []
+
+
+def test_every_way_of_writing_keeps_the_order_of_the_bytes():
+    async def scenario() -> list[bytes]:
+        inner = RecordingTransport()
+        joined = JoinedWritesTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+        joined.write(b"head;")
+        joined.writelines([b"one;", b"two;"])
+        joined.write_eof()
+        await next_turn()
+        return inner.writes
+
+    assert asyncio.run(scenario()) == [b"head;one;two;", b"<eof>"]
 
 
 def test_other_transport_calls_reach_the_transport():
