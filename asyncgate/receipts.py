@@ -209,7 +209,6 @@ class WriteSet:
         return self.effects.setdefault(
             task["task_id"],
             {
-                "tenant": task["tenant"],
                 "task_id": task["task_id"],
                 "state": None,
                 "end_lease_id": None,

@@ -170,7 +170,7 @@ class PlanMode:
         if time.monotonic() - self._checked_at >= interval:
             self._checked_at = time.monotonic()
             row = await (await conn.execute(self.ROWS_KNOWN)).fetchone()
-            rows = row["rows"] if isinstance(row, dict) else row[0]  # type: ignore[index]
+            rows = row["rows"]  # type: ignore[index]  # pooled connections return dict rows
             wanted = "auto" if rows >= self.GENERIC_PLANS_MIN_ROWS else "force_custom_plan"
             if wanted != self.wanted:
                 log.info(
@@ -212,17 +212,15 @@ class PostgresTx:
     def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
         self.conn = conn
 
+    async def _read(self, query: str, params: dict[str, Any]) -> psycopg.AsyncCursor[Row]:
+        prepare = False if query in PLANNED_PER_CALL else None  # None: psycopg's own choice
+        return await self.conn.execute(QUERIES[query], to_db(params), prepare=prepare)
+
     async def one(self, query: str, **params: Any) -> Row | None:
-        cursor = await self.conn.execute(
-            QUERIES[query], to_db(params), prepare=False if query in PLANNED_PER_CALL else None
-        )
-        return await cursor.fetchone()
+        return await (await self._read(query, params)).fetchone()
 
     async def all(self, query: str, **params: Any) -> list[Row]:
-        cursor = await self.conn.execute(
-            QUERIES[query], to_db(params), prepare=False if query in PLANNED_PER_CALL else None
-        )
-        return await cursor.fetchall()
+        return await (await self._read(query, params)).fetchall()
 
     async def run(self, query: str, **params: Any) -> None:
         # Not waited for: in pipeline mode it is confirmed with the next read or the commit.
