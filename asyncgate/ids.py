@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -36,11 +37,19 @@ os.register_at_fork(after_in_child=_random.__init__)
 
 
 def new_id() -> str:
-    """A random (version 4) UUID in canonical form: what str(uuid.uuid4()) gives, at less than
-    half its cost, without the UUID object."""
+    """A time-ordered (version 7, RFC 9562) UUID in canonical form.
+
+    The first 48 bits are the Unix time in milliseconds, the last 74 random. Ids made close in
+    time sort close together, so a primary-key B-tree takes new ids at its right edge: a few
+    hot pages rather than a random page per insert, which PostgreSQL would otherwise log whole
+    (a full-page image) after every checkpoint. Ids of one millisecond are in random order.
+    Written here rather than taken from a package: uuid.uuid7 arrives only in Python 3.14, and
+    this costs less than str(uuid.uuid4()).
+    """
     raw = bytearray(_random.take16())
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    raw[0:6] = (time.time_ns() // 1_000_000).to_bytes(6, "big")
+    raw[6] = raw[6] & 0x0F | 0x70  # version 7
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 9562 variant
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
