@@ -108,16 +108,14 @@ class Ledger:
         """A fast-path receipt statement (see ``write_receipts``) for joined requests' rows:
         for each, the receipt it wrote, or ``None`` if it wrote nothing."""
 
-        async def write() -> list[Row]:
+        async def write() -> list[Row | None]:
+            now = utcnow()
             async with self.dialect.autocommit() as tx:
-                return await tx.many_returning(query, rows, now=utcnow())
+                written = await tx.many_returning(query, rows, now=now)
+            return receipts.merge_written(rows, written, now)
 
-        written = await self._joined(kind, len(rows), write)
-        if written is None:
-            return [None] * len(rows)
-        by_id = {(row["tenant"], row["receipt_id"]): row for row in written}
-        # Popped, so that of two rows with one receipt_id only the one written gets the row.
-        return [by_id.pop((row["tenant"], row["receipt_id"]), None) for row in rows]
+        merged = await self._joined(kind, len(rows), write)
+        return [None] * len(rows) if merged is None else merged
 
     async def _send_creates(self, _: object, requests: list[list[Row]]) -> list[bool]:
         async def write() -> bool:
@@ -403,15 +401,16 @@ class Ledger:
         conditions failed (the statement skips it), so the general path finds out which and
         answers for the batch as a whole."""
         rows = [receipts.settle_row(identity, spec) for spec in specs]
+        now = utcnow()
         try:
             async with self.dialect.transaction() as tx:
-                written = await tx.many_returning("settle_under_lease", rows, now=utcnow())
-                if len(written) != len(rows):
+                written = await tx.many_returning("settle_under_lease", rows, now=now)
+                merged = receipts.merge_written(rows, written, now)
+                if None in merged:
                     raise _NotAllWritten
         except (_NotAllWritten, UniqueViolation, TransientConflict):
             return None
-        by_id = {row["receipt_id"]: row for row in written}
-        return [receipts.written_at_once(by_id[row["receipt_id"]]) for row in rows]
+        return [receipts.written_at_once(row) for row in merged if row is not None]
 
     async def get_receipt(self, identity: Identity, receipt_id: str) -> dict[str, Any]:
         async with self.dialect.snapshot() as tx:

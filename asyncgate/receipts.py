@@ -178,6 +178,28 @@ def settle_row(identity: Identity, spec: dict[str, Any]) -> Row:
     }
 
 
+# What a one-statement write returns of each receipt beside what the request did not know
+# (to_principal, terminated_obligation): enough to tell apart two rows with one receipt_id, of
+# which the statement wrote one.
+WRITTEN_KEY = ("tenant", "receipt_id", "content_hash", "from_principal")
+
+
+def merge_written(sent: list[Row], returned: list[Row], now: datetime) -> list[Row | None]:
+    """Each sent row as the one-statement write stored it, or ``None`` if it wrote nothing.
+
+    The statements return only the few columns the request could not know, rather than every
+    column for the driver to parse back into what the request already holds: the rest, and
+    ``created_at`` (the statement's ``now``), come from the row sent.
+    """
+    by_key = {tuple(row[name] for name in WRITTEN_KEY): row for row in returned}
+    merged: list[Row | None] = []
+    for row in sent:
+        # Popped, so that of two rows with one key only the first gets the row written.
+        stored = by_key.pop(tuple(row[name] for name in WRITTEN_KEY), None)
+        merged.append(None if stored is None else {**row, **stored, "created_at": now})
+    return merged
+
+
 def written_at_once(row: Row) -> ReceiptResult:
     """The answer for a receipt that a one-statement write (append or settle) wrote."""
     closed = row.pop("terminated_obligation", None)

@@ -75,11 +75,12 @@ def success(grant: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 async def settle(ledger: Ledger, identity: Identity, receipt: dict[str, Any]) -> Any:
     assert receipts.settles_at_once(receipt)
+    sent = [receipts.settle_row(identity, receipt)]
+    now = utcnow()
     async with ledger.dialect.autocommit() as tx:
-        rows = await tx.many_returning(
-            "settle_under_lease", [receipts.settle_row(identity, receipt)], now=utcnow()
-        )
-    return receipts.written_at_once(rows[0]) if rows else None
+        rows = await tx.many_returning("settle_under_lease", sent, now=now)
+    [row] = receipts.merge_written(sent, rows, now)
+    return None if row is None else receipts.written_at_once(row)
 
 
 @pytest.mark.anyio

@@ -108,6 +108,13 @@ async def test_concurrent_progress_receipts_answer_as_if_alone(app: App) -> None
     assert sorted(a.status_code for a in answers[29:31]) == [200, 201]
     assert answers[29].json["receipt"] == answers[30].json["receipt"]
     assert sorted(a.status_code for a in answers[31:33]) == [201, 409]
+    # Each answer shows the receipt as stored: with two contents under one receipt_id, the
+    # 201 goes to the one the statement wrote.
+    for answer in answers:
+        if answer.status_code in (200, 201):
+            receipt = answer.json["receipt"]
+            stored = await app.get(f"/v1/receipts/{receipt['receipt_id']}")
+            assert stored.json == receipt
 
     written = 0
     for grant in grants + [released]:
@@ -158,6 +165,10 @@ async def test_concurrent_terminal_receipts_close_each_obligation_once(app: App)
     assert sorted((first.status_code, second.status_code)) == [201, 409]
     winner = first if first.status_code == 201 else second
     assert winner.json["terminated"] == [grants[0]["task"]["obligation_receipt_id"]]
+    for answer in answers:  # each written receipt answered as stored
+        if answer.status_code == 201:
+            receipt = answer.json["receipt"]
+            assert (await app.get(f"/v1/receipts/{receipt['receipt_id']}")).json == receipt
 
     open_now = await app.get("/v1/obligations/open")
     still_open = {row["receipt_id"] for row in open_now.json}

@@ -172,7 +172,9 @@ FROM json_to_recordset(%(rows)s::json) AS r(
 -- terminal receipt (which locks the task FOR UPDATE) is waited for and then re-checked. A row
 -- whose conditions fail, or whose receipt_id is taken, writes nothing and returns nothing.
 -- Each row carries itself through the lock to the INSERT: a join between the two CTEs was
--- planned from their estimates (one row) as a nested loop comparing every pair.
+-- planned from their estimates (one row) as a nested loop comparing every pair. It returns
+-- only what the request did not know, and what tells rows with one receipt_id apart
+-- (receipts.merge_written builds the rest from the rows sent).
 WITH r AS (
     SELECT * FROM json_to_recordset(%(rows)s::json) AS r(
         tenant text, receipt_id uuid, type text, task_id uuid, from_principal text,
@@ -202,7 +204,7 @@ WHERE cardinality(parent_receipt_ids) = (
     SELECT count(*) FROM receipts p
     WHERE p.tenant = leased.tenant AND p.receipt_id = ANY(leased.parent_receipt_ids))
 ON CONFLICT DO NOTHING
-RETURNING *;
+RETURNING tenant, receipt_id, content_hash, from_principal, to_principal;
 
 -- get_receipt --
 -- One receipt of a tenant.
@@ -457,9 +459,8 @@ WITH r AS (
     FROM task
     WHERE l.tenant = task.tenant AND l.lease_id = task.lease_id AND l.released_at IS NULL
 )
--- The receipts as the INSERT above stores them.
-SELECT tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
-       parent_receipt_ids, NULL::uuid[] AS stripped_parent_receipt_ids, body, artifacts,
-       delivery_proof, content_hash, %(now)s::timestamptz AS created_at,
+-- What the request did not know of each receipt written (receipts.merge_written builds the
+-- rest from the rows sent), and the obligation it closed.
+SELECT tenant, receipt_id, content_hash, from_principal, to_principal,
        CASE WHEN closes_own THEN obligation_receipt_id END AS terminated_obligation
 FROM task;

@@ -119,7 +119,8 @@ VALUES (:tenant, :receipt_id, :type, :task_id, :from_principal, :to_principal, :
         :delivery_proof, :content_hash, :created_at);
 
 -- append_leased_receipt --
--- Write a receipt only under the task's current unexpired lease, with every parent present.
+-- Write a receipt only under the task's current unexpired lease, with every parent present;
+-- return what the request did not know (receipts.merge_written builds the rest).
 INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal, lease_id,
                       parent_receipt_ids, stripped_parent_receipt_ids, body, artifacts,
                       delivery_proof, content_hash, created_at)
@@ -133,7 +134,7 @@ WHERE t.tenant = :tenant AND t.task_id = :task_id AND t.lease_id = :lease_id
       WHERE p.tenant = :tenant
         AND p.receipt_id IN (SELECT value FROM json_each(:parent_receipt_ids)))
 ON CONFLICT DO NOTHING
-RETURNING *;
+RETURNING tenant, receipt_id, content_hash, from_principal, to_principal;
 
 -- get_receipt --
 -- One receipt of a tenant.
