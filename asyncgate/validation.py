@@ -1,11 +1,15 @@
 """Request input: JSON bodies read under a size limit and validated against ``schema/``.
 
 The same schema files are ``$ref``'d by openapi.yaml, so the contract and the code
-cannot drift. fastjsonschema compiles each one to Python once, at startup.
+cannot drift. Each is compiled twice, once: jsonschema-rs (Rust) answers whether a body is
+valid, about twenty times faster than Python; fastjsonschema, compiled to Python, runs only
+on a body found invalid, and names the field and rule at fault for the 422. A valid body gets
+its declared defaults from ``_defaults``, as fastjsonschema's ``use_default`` would fill them.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
 from collections.abc import Callable
@@ -16,6 +20,7 @@ from typing import Any
 
 import falcon
 import fastjsonschema
+import jsonschema_rs
 import orjson
 
 from asyncgate import PROJECT_ROOT
@@ -65,6 +70,69 @@ def validator(name: str) -> Callable[[Any], Any]:
     # Relative $refs between schema files resolve against this base URI, to local files.
     definition["$id"] = (SCHEMA_DIR / name).as_uri()
     return fastjsonschema.compile(definition, handlers={"file": _resolve_file}, use_default=True)
+
+
+@cache
+def _is_valid(name: str) -> Callable[[Any], bool]:
+    """jsonschema-rs's verdict on ``schema/<name>``, the very document fastjsonschema compiles."""
+    definition = _load(name)
+    definition["$id"] = (SCHEMA_DIR / name).as_uri()
+    return jsonschema_rs.validator_for(definition, retriever=_resolve_file).is_valid
+
+
+Fill = Callable[[Any], None]
+
+
+@cache
+def _defaults(name: str) -> Fill | None:
+    """What fastjsonschema's ``use_default`` does to a valid body of ``schema/<name>``: a
+    property missing from an object gets its declared default; None if the schema has none."""
+    return _filler(_load(name), name, frozenset())
+
+
+def _filler(schema: dict[str, Any], document: str, seen: frozenset[str]) -> Fill | None:
+    if "$ref" in schema:
+        target, _, pointer = schema["$ref"].partition("#")
+        document = target or document
+        if f"{document}#{pointer}" in seen:  # a recursive definition declares no defaults
+            return None
+        seen = seen | {f"{document}#{pointer}"}
+        schema = _load(document)
+        for part in filter(None, pointer.split("/")):
+            schema = schema[part]
+    properties: dict[str, Any] = schema.get("properties", {})
+    # Each default made anew per body (a container is never shared between bodies); an empty
+    # one by its type, far cheaper than a deep copy.
+    defaults = {key: _maker(sub["default"]) for key, sub in properties.items() if "default" in sub}
+    nested = {
+        key: fill
+        for key, sub in properties.items()
+        if (fill := _filler(sub, document, seen)) is not None
+    }
+    items = schema.get("items")
+    each = _filler(items, document, seen) if isinstance(items, dict) else None
+    if not (defaults or nested or each):
+        return None
+
+    def fill(data: Any) -> None:
+        if isinstance(data, dict):
+            for key, make in defaults.items():
+                if key not in data:
+                    data[key] = make()
+            for key, fill_nested in nested.items():
+                if key in data:
+                    fill_nested(data[key])
+        elif isinstance(data, list) and each is not None:
+            for item in data:
+                each(item)
+
+    return fill
+
+
+def _maker(default: Any) -> Callable[[], Any]:
+    if isinstance(default, list | dict):
+        return type(default) if not default else lambda: copy.deepcopy(default)
+    return lambda: default
 
 
 def field_of(exc: fastjsonschema.JsonSchemaValueException) -> str:
@@ -137,7 +205,15 @@ def _has_nul(value: Any) -> bool:
 
 
 def validate(schema: str, data: Any) -> Any:
+    """``data`` if it is valid against ``schema/<schema>``, with its defaults filled in;
+    otherwise a 422 naming the field at fault."""
+    if _is_valid(schema)(data):
+        if (fill := _defaults(schema)) is not None:
+            fill(data)
+        return data
     try:
+        # Found invalid: fastjsonschema says where and why (and would accept the body if the
+        # two ever disagreed, as before the fast check).
         return validator(schema)(data)
     except fastjsonschema.JsonSchemaValueException as exc:
         field = field_of(exc)
