@@ -5,8 +5,8 @@
 
 It creates a throwaway database, starts `uvicorn asyncgate.main:app` on loopback, measures the
 floor (bare psycopg async single-row INSERTs) in the same run, then drives the service with wrk
-(receipt ingest) and a lean asyncio client (everything that chains responses). Speeds are
-reported as ratios measured side by side, never as bare times alone.
+(receipt ingest, unbatched life cycles) and a lean asyncio client (batched life cycles, claims,
+bootstrap). Speeds are reported as ratios measured side by side, never as bare times alone.
 """
 
 from __future__ import annotations

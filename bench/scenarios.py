@@ -188,14 +188,18 @@ async def ingest(ctx: Context) -> tuple[float, int]:
 
 
 CYCLE_LUA = """
--- A life cycle per turn: create a task, claim one, settle it with task.success. Each thread
--- has one connection (-t equals -c), so the thread's Lua state is that connection's state.
+-- Life cycles: create a task, claim one, settle it with task.success, one request each.
+-- A thread's connections share its Lua state (wrk names no connection), so each response is
+-- told by its shape: a claim answers 200 with a list, a success 201 with its receipt, a create
+-- 201 with the task. A connection's next request settles the oldest grant not yet settled,
+-- else claims for a task created and not yet claimed, else creates one: every task created is
+-- claimed once and every grant settled once, as when each connection runs its own cycle.
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer __KEY__"
-local step = "create"
-local task_id, lease_id, obligation
 completed, failures = 0, 0
 local threads = {}
+local grants, first, last = {}, 1, 0
+local unclaimed = 0
 local create_body = '{"type":"cycle"}'
 local claim_body = '{"worker":"worker:bench","types":["cycle"],"ttl_seconds":600}'
 local success_body = '{"type":"task.success","task_id":"%s","lease_id":"%s",' ..
@@ -207,29 +211,36 @@ function setup(thread)
 end
 
 function request()
-  if step == "create" then
-    return wrk.format("POST", "/v1/tasks", nil, create_body)
-  elseif step == "claim" then
+  if first <= last then
+    local grant = grants[first]
+    grants[first] = nil
+    first = first + 1
+    return wrk.format("POST", "/v1/receipts", nil,
+                      string.format(success_body, grant[1], grant[2], grant[3]))
+  elseif unclaimed > 0 then
+    unclaimed = unclaimed - 1
     return wrk.format("POST", "/v1/leases", nil, claim_body)
   end
-  return wrk.format("POST", "/v1/receipts", nil,
-                    string.format(success_body, task_id, lease_id, obligation))
+  return wrk.format("POST", "/v1/tasks", nil, create_body)
 end
 
 function response(status, headers, body)
-  if step == "create" then
-    if status == 201 then step = "claim" else failures = failures + 1 end
-  elseif step == "claim" then
-    step = "create"
-    if status ~= 200 then failures = failures + 1; return end
+  if status == 200 then
     -- The grant's own lease_id comes first; the task's ids are unique in the grant.
-    lease_id = string.match(body, '"lease_id":"([%x-]+)"')
-    task_id = string.match(body, '"task_id":"([%x-]+)"')
-    obligation = string.match(body, '"obligation_receipt_id":"([%x-]+)"')
-    if lease_id then step = "success" end
+    local lease_id = string.match(body, '"lease_id":"([%x-]+)"')
+    if lease_id then
+      last = last + 1
+      grants[last] = {string.match(body, '"task_id":"([%x-]+)"'), lease_id,
+                      string.match(body, '"obligation_receipt_id":"([%x-]+)"')}
+    else
+      unclaimed = unclaimed + 1  -- concurrent claims held every task: claim again
+    end
+  elseif status == 201 and string.sub(body, 1, 11) == '{"receipt":' then
+    completed = completed + 1
+  elseif status == 201 then
+    unclaimed = unclaimed + 1
   else
-    if status == 201 then completed = completed + 1 else failures = failures + 1 end
-    step = "create"
+    failures = failures + 1
   end
 end
 
@@ -246,14 +257,14 @@ end
 
 
 async def wrk_cycles(ctx: Context, port: int) -> tuple[int, float]:
-    """Life cycles driven by wrk (one thread per connection), so the load generator costs
-    almost nothing beside the server: (life cycles, seconds)."""
+    """Life cycles driven by wrk with two threads, as receipt ingest is, so the load generator
+    costs little beside the server: (life cycles, seconds)."""
     script = ctx.workdir / "cycle.lua"
     script.write_text(CYCLE_LUA.replace("__KEY__", ctx.keys["cycles"]))
     result = await asyncio.to_thread(
         subprocess.run,
         [
-            ctx.wrk, f"-t{ctx.connections}", f"-c{ctx.connections}",
+            ctx.wrk, "-t2", f"-c{ctx.connections}",
             f"-d{max(1, round(ctx.duration))}s", "-s", str(script), f"http://127.0.0.1:{port}",
         ],
         capture_output=True, text=True, check=True,
