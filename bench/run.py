@@ -88,11 +88,12 @@ class Served:
 
 
 def serve(app: str, port: int, workers: int, env: dict[str, str]) -> Served:
-    """``uvicorn app`` on loopback as the README advises running AsyncGate, once it listens."""
+    """``uvicorn app`` on loopback as ``asyncgate serve`` runs AsyncGate (no proxy headers
+    unless asked for), once it listens."""
     command = [
         sys.executable, "-m", "uvicorn", app,
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-        "--no-access-log", "--log-level", "warning",
+        "--no-access-log", "--log-level", "warning", "--no-proxy-headers",
         "--loop", "uvloop", "--http", JOINED_WRITES_PROTOCOL,
     ]  # fmt: skip
     server = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, start_new_session=True)
