@@ -321,6 +321,28 @@ def test_receipt_id_replay_with_same_content_is_200_and_writes_once(client):
     assert sum(r["type"] == "system.anomaly.locatability_missing" for r in ledger) == 1
 
 
+@pytest.mark.parametrize("receipt_type", ["task.progress", "task.success"])
+def test_an_upper_case_receipt_id_is_written_once_in_lower_case(client, receipt_type):
+    # The one-statement writes (progress, and success under a lease) match what they wrote to
+    # what was sent by receipt_id: the id is made canonical before either sees it.
+    task, grant = started_task(client)
+    receipt_id = str(uuid.uuid4())
+    fields = {
+        "type": receipt_type,
+        "task_id": task["task_id"],
+        "lease_id": grant["lease_id"],
+        "parent_receipt_ids": [task["obligation_receipt_id"]],
+        "artifacts": [ARTIFACT],
+        "receipt_id": receipt_id.upper(),
+    }
+    first = client.receipt(**fields)
+    assert first.status_code == 201, first.text
+    assert first.json["receipt"]["receipt_id"] == receipt_id
+    again = client.receipt(**fields)
+    assert again.status_code == 200 and again.json["receipt"] == first.json["receipt"]
+    assert client.get(f"/v1/receipts/{receipt_id}").json == first.json["receipt"]
+
+
 def test_receipt_id_replay_keeps_the_termination_it_made(client):
     task = client.create_task()
     fields = {
