@@ -348,17 +348,18 @@ class Ledger:
     ) -> list[receipts.ReceiptResult]:
         """Write receipts in order, all or nothing."""
         results = None
-        if batch and self._settle_together(specs):
-            results = await self._settle_all_or_none(identity, specs)
-        elif not batch:
+        if batch:
+            if (rows := self._settle_rows(identity, specs)) is not None:
+                results = await self._settle_all_or_none(rows)
+        else:
             # The fast paths: one statement, joined with concurrent requests' receipts.
             row = None
             if receipts.on_hot_path(specs[0]):
                 row = await self._appends.submit(receipts.append_row(identity, specs[0]))
-            elif "settle_under_lease" in self.dialect.fast_paths and receipts.settles_at_once(
-                specs[0]
+            elif "settle_under_lease" in self.dialect.fast_paths and (
+                settle := receipts.settle_row(identity, specs[0])
             ):
-                row = await self._settles.submit(receipts.settle_row(identity, specs[0]))
+                row = await self._settles.submit(settle)
             # None means a condition of the fast path failed; the general path below finds
             # out which.
             if row is not None:
@@ -385,22 +386,24 @@ class Ledger:
             await self.emit(anomalies, identity.tenant)
         return results
 
-    def _settle_together(self, specs: list[dict[str, Any]]) -> bool:
-        """A batch that the ``settle_under_lease`` statement may write whole: terminating
-        receipts on as many distinct tasks."""
-        return (
-            "settle_under_lease" in self.dialect.fast_paths
-            and len({spec.get("task_id") for spec in specs}) == len(specs)
-            and all(receipts.settles_at_once(spec) for spec in specs)
-        )
+    def _settle_rows(self, identity: Identity, specs: list[dict[str, Any]]) -> list[Row] | None:
+        """A batch's rows for the ``settle_under_lease`` statement, if it may write the batch
+        whole: terminating receipts on as many distinct tasks, each one for the statement."""
+        if "settle_under_lease" not in self.dialect.fast_paths or len(
+            {spec.get("task_id") for spec in specs}
+        ) != len(specs):
+            return None
+        rows = []
+        for spec in specs:
+            if (row := receipts.settle_row(identity, spec)) is None:
+                return None
+            rows.append(row)
+        return rows
 
-    async def _settle_all_or_none(
-        self, identity: Identity, specs: list[dict[str, Any]]
-    ) -> list[receipts.ReceiptResult] | None:
+    async def _settle_all_or_none(self, rows: list[Row]) -> list[receipts.ReceiptResult] | None:
         """Such a batch in one statement, all written or none: ``None`` when any row's
         conditions failed (the statement skips it), so the general path finds out which and
         answers for the batch as a whole."""
-        rows = [receipts.settle_row(identity, spec) for spec in specs]
         now = utcnow()
         try:
             async with self.dialect.transaction() as tx:

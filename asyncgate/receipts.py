@@ -145,35 +145,31 @@ def _leased_receipt(identity: Identity, spec: dict[str, Any]) -> Row:
     }
 
 
-def settles_at_once(spec: dict[str, Any]) -> bool:
-    """Terminating receipts that may take the ``settle_under_lease`` fast path: written under
-    a lease, moving the task to a terminal state, with no anomaly to write."""
-    rule = termination.rule_for(spec["type"])
-    if rule is None or not rule.client_may_write or not spec.get("lease_id"):
-        return False
-    if termination.next_state(rule, "ACTIVE") not in termination.TERMINAL_STATES:
-        return False
-    decision = termination.decide(
-        rule, spec["parent_receipt_ids"], spec["artifacts"], spec.get("delivery_proof")
-    )
-    return decision.anomaly is None
-
-
-def settle_row(identity: Identity, spec: dict[str, Any]) -> Row:
-    """A terminating receipt (see ``settles_at_once``) as a row of the ``settle_under_lease``
-    statement, with the truth table's decision made here, as in ``write``.
+def settle_row(identity: Identity, spec: dict[str, Any]) -> Row | None:
+    """A terminating receipt as a row of the ``settle_under_lease`` statement, with the truth
+    table's decision made here, as in ``write``; ``None`` unless the receipt is one for it:
+    written under a lease, moving the task to a terminal state, with no anomaly to write and
+    nothing for ``check_request`` to refuse (``write`` then answers for it, and a batch's
+    errors come in the batch's order).
 
     The statement applies the decision only if the lease is the task's current unexpired one,
     every parent exists, none of them is another task's obligation and the receipt_id is new.
     When it writes nothing, the caller runs ``write``, which finds out why and answers.
     """
-    rule = check_request(spec)
+    rule = termination.rule_for(spec["type"])
+    if rule is None or not rule.client_may_write or not spec.get("lease_id"):
+        return None
+    state = termination.next_state(rule, "ACTIVE")
+    if state not in termination.TERMINAL_STATES:
+        return None
     decision = termination.decide(
         rule, spec["parent_receipt_ids"], spec["artifacts"], spec.get("delivery_proof")
     )
+    if decision.anomaly is not None or len(orjson.dumps(spec["body"])) > MAX_BODY_BYTES:
+        return None
     return {
         **_leased_receipt(identity, spec),
-        "state": termination.next_state(rule, "ACTIVE"),
+        "state": state,
         "closes": decision.closes_named_obligations,
     }
 

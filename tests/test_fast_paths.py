@@ -74,8 +74,9 @@ def success(grant: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 
 async def settle(ledger: Ledger, identity: Identity, receipt: dict[str, Any]) -> Any:
-    assert receipts.settles_at_once(receipt)
-    sent = [receipts.settle_row(identity, receipt)]
+    row = receipts.settle_row(identity, receipt)
+    assert row is not None
+    sent = [row]
     now = utcnow()
     async with ledger.dialect.autocommit() as tx:
         rows = await tx.many_returning("settle_under_lease", sent, now=now)
@@ -135,13 +136,19 @@ async def test_settle_writes_nothing_when_a_condition_fails(
     assert (task["state"], task["obligation_open"]) == ("ACTIVE", True)
 
 
-def test_receipts_with_an_anomaly_or_no_lease_never_take_the_settle_path() -> None:
+def test_receipts_with_an_anomaly_no_lease_or_a_refusal_never_take_the_settle_path() -> None:
     grant = {"task": {"task_id": new_id(), "obligation_receipt_id": new_id()}, "lease_id": new_id()}
-    assert receipts.settles_at_once(success(grant))
-    assert receipts.settles_at_once(success(grant, type="task.failure", artifacts=[]))
-    assert not receipts.settles_at_once(success(grant, artifacts=[]))  # locatability anomaly
-    assert not receipts.settles_at_once(success(grant, lease_id=None))
-    assert not receipts.settles_at_once(success(grant, type="task.progress"))
+
+    def settles(receipt: dict[str, Any]) -> bool:
+        return receipts.settle_row(Identity("t", "service:a"), receipt) is not None
+
+    assert settles(success(grant))
+    assert settles(success(grant, type="task.failure", artifacts=[]))
+    assert not settles(success(grant, artifacts=[]))  # locatability anomaly
+    assert not settles(success(grant, lease_id=None))
+    assert not settles(success(grant, type="task.progress"))
+    # Refused by check_request: the general path answers, naming the field.
+    assert not settles(success(grant, body={"blob": "x" * (64 * 1024)}))
 
 
 @pytest.mark.anyio
@@ -197,16 +204,18 @@ async def test_a_batch_of_settles_is_one_statement_that_writes_all_or_none(
 ) -> None:
     grants = [await leased_task(ledger, identity) for _ in range(3)]
     batch = [success(grant) for grant in grants]
-    assert ledger._settle_together(batch)
-    stale = [batch[0], {**batch[1], "lease_id": new_id()}, batch[2]]
+    rows = ledger._settle_rows(identity, batch)
+    assert rows is not None
+    stale = ledger._settle_rows(identity, [batch[0], {**batch[1], "lease_id": new_id()}, batch[2]])
+    assert stale is not None
     before = ledger_size(pg_database, identity)
-    assert await ledger._settle_all_or_none(identity, stale) is None
+    assert await ledger._settle_all_or_none(stale) is None
     assert ledger_size(pg_database, identity) == before
     for grant in grants:
         task = await ledger.get_task(identity, grant["task"]["task_id"])
         assert (task["state"], task["obligation_open"]) == ("ACTIVE", True)
 
-    results = await ledger._settle_all_or_none(identity, batch)
+    results = await ledger._settle_all_or_none(rows)
     assert results is not None
     assert [r.receipt["task_id"] for r in results] == [g["task"]["task_id"] for g in grants]
     assert [r.terminated for r in results] == [[g["task"]["obligation_receipt_id"]] for g in grants]
@@ -218,14 +227,16 @@ async def test_a_batch_of_settles_is_one_statement_that_writes_all_or_none(
 
 @pytest.mark.anyio
 async def test_only_terminating_receipts_on_distinct_tasks_settle_as_one_batch(
-    ledger: Ledger,
+    ledger: Ledger, identity: Identity
 ) -> None:
     grant = {"task": {"task_id": new_id(), "obligation_receipt_id": new_id()}, "lease_id": new_id()}
     other = {"task": {"task_id": new_id(), "obligation_receipt_id": new_id()}, "lease_id": new_id()}
-    assert ledger._settle_together([success(grant), success(other)])
-    assert not ledger._settle_together([success(grant), success(grant, receipt_id=new_id())])
+    together = ledger._settle_rows(identity, [success(grant), success(other)])
+    assert together is not None and len(together) == 2
+    twice = [success(grant), success(grant, receipt_id=new_id())]
+    assert ledger._settle_rows(identity, twice) is None
     progress = {**success(other), "type": "task.progress", "parent_receipt_ids": []}
-    assert not ledger._settle_together([success(grant), progress])
+    assert ledger._settle_rows(identity, [success(grant), progress]) is None
 
 
 @pytest.mark.anyio

@@ -26,8 +26,9 @@ from asyncgate.storage import StorageUnavailable, TransientConflict, UniqueViola
 
 
 class App:
-    def __init__(self, conductor: falcon.testing.ASGIConductor, key: str) -> None:
+    def __init__(self, conductor: falcon.testing.ASGIConductor, key: str, postgres: bool) -> None:
         self.conductor = conductor
+        self.postgres = postgres
         self.headers = {"Authorization": f"Bearer {key}"}
 
     async def post(self, path: str, body: Any) -> Any:
@@ -67,7 +68,7 @@ async def app(database_url: str, tenants: Tenants) -> AsyncIterator[App]:
     async with falcon.testing.ASGIConductor(
         create_app(app_settings(database_url, tenants))
     ) as conductor:
-        yield App(conductor, tenants.keys["a"])
+        yield App(conductor, tenants.keys["a"], database_url.startswith("postgres"))
 
 
 def progress(grant: dict[str, Any], **fields: Any) -> dict[str, Any]:
@@ -128,7 +129,7 @@ async def test_concurrent_progress_receipts_answer_as_if_alone(app: App) -> None
 async def test_tenants_sharing_a_statement_never_reach_each_other(
     app: App, tenants: Tenants
 ) -> None:
-    other = App(app.conductor, tenants.keys["b"])
+    other = App(app.conductor, tenants.keys["b"], app.postgres)
     mine, theirs = await app.leased_tasks(6), await other.leased_tasks(6)
     shared_id = str(uuid.uuid4())  # receipt ids are per tenant: both may use it
     bodies = [(app, progress(grant)) for grant in mine]
@@ -169,6 +170,8 @@ async def test_concurrent_terminal_receipts_close_each_obligation_once(app: App)
         if answer.status_code == 201:
             receipt = answer.json["receipt"]
             assert (await app.get(f"/v1/receipts/{receipt['receipt_id']}")).json == receipt
+    if app.postgres:  # settle_under_lease is PostgreSQL's
+        assert await app.largest_join("settle") > 1
 
     open_now = await app.get("/v1/obligations/open")
     still_open = {row["receipt_id"] for row in open_now.json}

@@ -550,6 +550,7 @@ def test_a_batch_of_successes_on_many_tasks_closes_every_obligation(client):
         ("stale lease", 404, "receipts.1.lease_id"),
         ("missing parent", 422, "receipts.1.parent_receipt_ids"),
         ("same task twice", 409, "receipts.2.lease_id"),
+        ("body too large", 422, "receipts.1.body"),
     ],
 )
 def test_one_unwritable_success_in_a_batch_writes_none_of_them(client, broken, status, field):
@@ -560,6 +561,8 @@ def test_one_unwritable_success_in_a_batch_writes_none_of_them(client, broken, s
         receipts[1]["lease_id"] = str(uuid.uuid4())
     elif broken == "missing parent":
         receipts[1]["parent_receipt_ids"].append(str(uuid.uuid4()))
+    elif broken == "body too large":
+        receipts[1]["body"] = {"blob": "x" * (64 * 1024)}
     else:
         receipts[2] = {**receipts[0], "artifacts": [{"uri": "s3://results/2.json"}]}
     result = client.post("/v1/receipts/batch", json={"receipts": receipts})
