@@ -15,7 +15,7 @@ import falcon
 import falcon.asgi
 import orjson
 
-from asyncgate import plugins
+from asyncgate import plugins, validation
 from asyncgate.auth import AuthMiddleware, KeyRing, RequireIdentityMiddleware
 from asyncgate.contract import bundled_yaml
 from asyncgate.errors import (
@@ -172,6 +172,7 @@ class MetricsMiddleware:
 
 
 def create_app(settings: Settings) -> falcon.asgi.App:
+    validation.prepare()
     dialect = plugins.dialect_for(settings)
     plugins.check_emitters(settings)
     metrics = Metrics()

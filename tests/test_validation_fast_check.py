@@ -10,6 +10,7 @@ compares the two on each.
 from __future__ import annotations
 
 import copy
+import re
 import uuid
 from typing import Any
 
@@ -18,7 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asyncgate.validation import _is_valid, validate, validator
+from asyncgate import PROJECT_ROOT
+from asyncgate.validation import (
+    REQUEST_SCHEMAS,
+    _defaults,
+    _is_valid,
+    prepare,
+    validate,
+    validator,
+)
 
 ID = str(uuid.uuid4())
 RECEIPT = {
@@ -123,3 +132,15 @@ def test_defaults_are_filled_afresh_for_each_body() -> None:
     assert (claim["max_tasks"], claim["wait_seconds"]) == (1, 0)
     batch = validate("task-batch-create.json", {"tasks": [{"type": "a"}, {"type": "b"}]})
     assert [(t["payload"], t["priority"]) for t in batch["tasks"]] == [({}, 0), ({}, 0)]
+
+
+def test_every_schema_the_resources_validate_against_is_compiled_at_startup() -> None:
+    named = set()
+    for source in (PROJECT_ROOT / "asyncgate" / "resources").glob("*.py"):
+        named |= set(re.findall(r'"([a-z-]+\.json)"', source.read_text()))
+    assert named == set(REQUEST_SCHEMAS) == set(VALID_BODIES)  # each one compared above
+    for cached in (validator, _is_valid, _defaults):
+        cached.cache_clear()
+    prepare()
+    for cached in (validator, _is_valid, _defaults):
+        assert cached.cache_info().currsize == len(REQUEST_SCHEMAS)
