@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from asyncgate import termination
-from asyncgate.errors import conflict, invalid, not_found
+from asyncgate.errors import Problem, conflict, invalid, not_found
 from asyncgate.ids import SYSTEM_PRINCIPAL, derived_id, fingerprint, new_id
 from asyncgate.settings import Identity
 from asyncgate.storage import Row, Tx
@@ -156,16 +156,17 @@ def settle_row(identity: Identity, spec: dict[str, Any]) -> Row | None:
     every parent exists, none of them is another task's obligation and the receipt_id is new.
     When it writes nothing, the caller runs ``write``, which finds out why and answers.
     """
-    rule = termination.rule_for(spec["type"])
-    if rule is None or not rule.client_may_write or not spec.get("lease_id"):
+    try:
+        rule = check_request(spec)
+    except Problem:
         return None
     state = termination.next_state(rule, "ACTIVE")
-    if state not in termination.TERMINAL_STATES:
+    if not spec.get("lease_id") or state not in termination.TERMINAL_STATES:
         return None
     decision = termination.decide(
         rule, spec["parent_receipt_ids"], spec["artifacts"], spec.get("delivery_proof")
     )
-    if decision.anomaly is not None or len(orjson.dumps(spec["body"])) > MAX_BODY_BYTES:
+    if decision.anomaly is not None:
         return None
     return {
         **_leased_receipt(identity, spec),

@@ -1,10 +1,10 @@
 """Request input: JSON bodies read under a size limit and validated against ``schema/``.
 
 The same schema files are ``$ref``'d by openapi.yaml, so the contract and the code
-cannot drift. Each is compiled twice, at startup: jsonschema-rs (Rust) answers whether a body is
-valid, about twenty times faster than Python; fastjsonschema, compiled to Python, runs only
-on a body found invalid, and names the field and rule at fault for the 422. A valid body gets
-its declared defaults from ``_defaults``, as fastjsonschema's ``use_default`` would fill them.
+cannot drift. Each is compiled twice, at startup: jsonschema-rs (Rust) answers whether a body
+is valid; fastjsonschema, compiled to Python, runs only on a body found invalid, and names the
+field and rule at fault for the 422. A valid body gets its declared defaults from
+``_defaults``, as fastjsonschema's ``use_default`` would fill them.
 """
 
 from __future__ import annotations
@@ -83,21 +83,26 @@ def prepare() -> None:
         _defaults(name)
 
 
-@cache
-def validator(name: str) -> Callable[[Any], Any]:
-    """The compiled validator of ``schema/<name>``; it fills in declared defaults."""
+def _document(name: str) -> dict[str, Any]:
+    """``schema/<name>`` as both validators compile it."""
     definition = _load(name)
     # Relative $refs between schema files resolve against this base URI, to local files.
     definition["$id"] = (SCHEMA_DIR / name).as_uri()
-    return fastjsonschema.compile(definition, handlers={"file": _resolve_file}, use_default=True)
+    return definition
+
+
+@cache
+def validator(name: str) -> Callable[[Any], Any]:
+    """The compiled validator of ``schema/<name>``; it fills in declared defaults."""
+    return fastjsonschema.compile(
+        _document(name), handlers={"file": _resolve_file}, use_default=True
+    )
 
 
 @cache
 def _is_valid(name: str) -> Callable[[Any], bool]:
     """jsonschema-rs's verdict on ``schema/<name>``, the very document fastjsonschema compiles."""
-    definition = _load(name)
-    definition["$id"] = (SCHEMA_DIR / name).as_uri()
-    return jsonschema_rs.validator_for(definition, retriever=_resolve_file).is_valid
+    return jsonschema_rs.validator_for(_document(name), retriever=_resolve_file).is_valid
 
 
 Fill = Callable[[Any], None]
