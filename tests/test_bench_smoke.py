@@ -57,3 +57,9 @@ def test_sqlite_joined_bench_reports_both_ways():
     output = run_bench("sqlite_joined.py", "--count", "64")
     for line in ("joined (as served)", "one statement each", "ratio"):
         assert line in output, f"missing {line!r}:\n{output}"
+
+
+def test_collation_bench_reports_the_default_and_bytewise_keys():
+    output = run_bench("collation.py", "--rows", "1000", "--rounds", "1")
+    for line in ("database default (", '"C"', 'x "C"'):
+        assert line in output, f"missing {line!r}:\n{output}"

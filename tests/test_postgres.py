@@ -340,6 +340,78 @@ async def test_eight_concurrent_migrators_apply_each_migration_once(fresh_databa
     assert again == []
 
 
+@pytest.mark.anyio
+async def test_upgrading_a_populated_ledger_to_bytewise_keys_keeps_every_answer(
+    fresh_database: str, tenants: Tenants
+) -> None:
+    """Migration 0006 changes the key columns' collation under existing rows: each tenant's
+    tasks, receipts and idempotent replays answer as before, and 0003's settings stay."""
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        for name in MIGRATIONS[:5]:
+            with conn.transaction():
+                conn.execute((PROJECT_ROOT / "migrations" / "postgres" / name).read_bytes())
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    [int(name[:4]), name],
+                )
+
+    async def answers(app: falcon.testing.ASGIConductor) -> list[Any]:
+        seen = []
+        for name in ("a", "b"):
+            for path in ("/v1/tasks", "/v1/receipts", "/v1/obligations/open"):
+                result = await app.simulate_get(path, headers=auth(tenants, name))
+                assert result.status_code == 200, result.text
+                seen.append(result.json)
+        return seen
+
+    async with instances(1, fresh_database, tenants, MIGRATE_ON_START="false") as [app]:
+        for name in ("a", "b"):
+            for key in ("first", "second"):
+                created = await app.simulate_post(
+                    "/v1/tasks",
+                    headers=auth(tenants, name),
+                    json={"type": "render", "payload": {"tenant": name}, "idempotency_key": key},
+                )
+                assert created.status_code == 201, created.text
+            claimed = await app.simulate_post(
+                "/v1/leases", headers=auth(tenants, name), json={"worker": "worker:w"}
+            )
+            assert claimed.status_code == 200 and len(claimed.json) == 1, claimed.text
+        before = await answers(app)
+
+    dialect = PostgresDialect(conninfo_from_url(fresh_database), 1, 2)
+    try:
+        assert await dialect.migrate() == ["0006_text_keys_compare_bytewise.sql"]
+    finally:
+        await dialect.close()
+
+    async with instances(1, fresh_database, tenants, MIGRATE_ON_START="false") as [app]:
+        assert await answers(app) == before
+        replayed = await app.simulate_post(
+            "/v1/tasks",
+            headers=auth(tenants, "b"),
+            json={"type": "render", "payload": {"tenant": "b"}, "idempotency_key": "first"},
+        )
+        assert replayed.status_code == 200, replayed.text
+        assert replayed.json["task_id"] in {task["task_id"] for task in before[3]}
+
+    with psycopg.connect(fresh_database) as conn:
+        columns = conn.execute(
+            "SELECT attrelid::regclass::text, attname, attcollation::regcollation::text,"
+            " attstattarget FROM pg_attribute"
+            " WHERE attrelid IN ('tasks'::regclass, 'receipts'::regclass, 'leases'::regclass)"
+            " AND attname IN ('tenant', 'type', 'idempotency_key') ORDER BY 1, 2"
+        ).fetchall()
+    assert columns == [
+        ("leases", "tenant", '"C"', 0),
+        ("receipts", "tenant", '"C"', 0),
+        ("receipts", "type", '"C"', -1),
+        ("tasks", "idempotency_key", '"C"', -1),
+        ("tasks", "tenant", '"C"', 0),
+        ("tasks", "type", '"default"', -1),
+    ]
+
+
 def test_receipts_are_immutable_in_the_database(client: Any, pg_database: str) -> None:
     task = client.create_task()
     with psycopg.connect(pg_database) as conn, pytest.raises(psycopg.errors.RestrictViolation):
