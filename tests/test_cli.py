@@ -8,7 +8,11 @@ import subprocess
 import sys
 from datetime import timedelta
 
-from asyncgate import plugins
+import orjson
+import pytest
+from conftest import create_pg_database, drop_pg_database, pg_url
+
+from asyncgate import PROJECT_ROOT, plugins
 from asyncgate.ids import utcnow
 from asyncgate.ledger import Ledger
 from asyncgate.metrics import Metrics
@@ -42,6 +46,30 @@ def test_migrate_is_idempotent(database_url):
     second = run_cli("migrate", env=env)
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     assert "up to date" in second.stdout
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_migrate_logs_each_migration_as_it_starts_and_ends(dialect, tmp_path):
+    """Some migrations rebuild indexes for minutes: the operator sees which one is running."""
+    if dialect == "sqlite":
+        name, url = None, f"sqlite:///{tmp_path}/fresh.db"
+    else:
+        name = create_pg_database("asyncgate_cli")
+        url = pg_url(name)
+    try:
+        result = run_cli("migrate", env={"ASYNCGATE_DATABASE_URL": url})
+        again = run_cli("migrate", env={"ASYNCGATE_DATABASE_URL": url})
+    finally:
+        if name:
+            drop_pg_database(name)
+    assert result.returncode == 0, result.stderr
+    files = sorted(path.name for path in (PROJECT_ROOT / "migrations" / dialect).glob("*.sql"))
+    logged = [orjson.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    events = [(entry["message"].split(" migration ")[0], entry["migration"]) for entry in logged]
+    assert events == [(verb, file) for file in files for verb in ("applying", "applied")]
+    assert all(entry["seconds"] >= 0 for entry in logged if entry["message"].startswith("applied"))
+    assert [f"applied {file}" for file in files] == result.stdout.splitlines()
+    assert "migration" not in again.stderr and "up to date" in again.stdout
 
 
 def test_serve_refuses_without_keys_in_production(tmp_path):

@@ -444,12 +444,19 @@ class PostgresDialect:
                 )
                 if await cursor.fetchone() is not None:
                     continue
+                # Some migrations rebuild indexes, for minutes on a large ledger: say so.
+                log.info("applying migration %s", name, extra={"migration": name})
+                started = time.monotonic()
                 await conn.execute(sql.encode())
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                     [version, name],
                 )
                 applied.append(name)
+            log.info(
+                "applied migration %s", name,
+                extra={"migration": name, "seconds": round(time.monotonic() - started, 3)},
+            )  # fmt: skip
         return applied
 
     @asynccontextmanager

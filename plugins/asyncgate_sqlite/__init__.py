@@ -7,7 +7,9 @@ reads use a second connection, which WAL mode lets run beside the writer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
@@ -36,6 +38,7 @@ QUERIES = load_queries(Path(__file__).with_name("queries.sql"))
 # PostgreSQL dialect does the same work in one statement).
 STATEMENTS = {name: [part.strip() for part in sql.split(";\n")] for name, sql in QUERIES.items()}
 MIGRATIONS = PROJECT_ROOT / "migrations" / "sqlite"
+log = logging.getLogger("asyncgate")
 SCHEMES = ("sqlite",)
 _SIGNALS: dict[str, TaskSignal] = {}
 
@@ -194,6 +197,8 @@ class SQLiteDialect:
                     f"INSERT INTO schema_migrations VALUES ({version}, '{name}', '{now}');\n"
                     f"{sql}\nCOMMIT;"
                 )
+                log.info("applying migration %s", name, extra={"migration": name})
+                started = time.monotonic()
                 try:
                     await conn.executescript(script)
                 except sqlite3.IntegrityError:
@@ -204,6 +209,10 @@ class SQLiteDialect:
                         await conn.execute("ROLLBACK")
                     raise
                 applied.append(name)
+                log.info(
+                    "applied migration %s", name,
+                    extra={"migration": name, "seconds": round(time.monotonic() - started, 3)},
+                )  # fmt: skip
         return applied
 
     @asynccontextmanager
