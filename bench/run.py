@@ -308,7 +308,12 @@ def cpu_row(ctx: Context, phase: str, label: str) -> tuple[str, str, str]:
     what else the machine runs."""
     server = ctx.extra[f"{phase}_cpu_per_unit"] * 1e6
     database = ctx.extra[f"{phase}_pg_cpu_per_unit"] * 1e6
-    return (label, f"{server:,.0f} / {database:,.0f} us", "server (uvicorn) / PostgreSQL")
+    flushes = ctx.extra[f"{phase}_flushes_per_unit"]
+    return (
+        label,
+        f"{server:,.0f} / {database:,.0f} us",
+        f"server (uvicorn) / PostgreSQL; {flushes:.2f} WAL flushes each",
+    )
 
 
 def joined_row(

@@ -48,10 +48,9 @@ async def for_duration(
 ) -> float:
     """Run ``worker`` on every connection until the phase ends; returns units per second."""
     connections = [await ctx.connect(tenant) for _ in range(ctx.connections)]
+    usage = await Usage.start(ctx)
     deadline = time.perf_counter() + ctx.duration
     started = time.perf_counter()
-    cpu_before = cpu_seconds(ctx.server_pid)
-    pg_before = postgres_cpu_seconds()
 
     async def loop(conn: Connection) -> int:
         done = 0
@@ -61,12 +60,7 @@ async def for_duration(
 
     counts = await asyncio.gather(*(loop(conn) for conn in connections))
     elapsed = time.perf_counter() - started
-    ctx.extra[f"{tenant}_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - cpu_before) / max(
-        1, sum(counts)
-    )
-    ctx.extra[f"{tenant}_pg_cpu_per_unit"] = (postgres_cpu_seconds() - pg_before) / max(
-        1, sum(counts)
-    )
+    await usage.record(tenant, sum(counts))
     for conn in connections:
         await conn.close()
     return sum(counts) / elapsed
@@ -166,8 +160,7 @@ async def ingest(ctx: Context) -> tuple[float, int]:
     ]
     script = ctx.workdir / "ingest.lua"
     script.write_text(INGEST_LUA % (",".join(f"[[{b}]]" for b in bodies), ctx.keys["ingest"]))
-    cpu_before = cpu_seconds(ctx.server_pid)
-    pg_before = postgres_cpu_seconds()
+    usage = await Usage.start(ctx)
     result = await asyncio.to_thread(
         subprocess.run,
         [
@@ -179,8 +172,7 @@ async def ingest(ctx: Context) -> tuple[float, int]:
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout).group(1))
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", result.stdout)
     total = int(re.search(r"(\d+) requests in", result.stdout).group(1))
-    ctx.extra["ingest_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - cpu_before) / max(1, total)
-    ctx.extra["ingest_pg_cpu_per_unit"] = (postgres_cpu_seconds() - pg_before) / max(1, total)
+    await usage.record("ingest", total)
     return rate, int(errors.group(1)) if errors else 0
 
 
@@ -278,11 +270,9 @@ async def wrk_cycles(ctx: Context, port: int) -> tuple[int, float]:
 
 async def unbatched_cycles(ctx: Context) -> float:
     """AsyncGate's life cycles per second, one request each."""
-    cpu_before = cpu_seconds(ctx.server_pid)
-    pg_before = postgres_cpu_seconds()
+    usage = await Usage.start(ctx)
     cycles, seconds = await wrk_cycles(ctx, ctx.port)
-    ctx.extra["cycles_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - cpu_before) / max(1, cycles)
-    ctx.extra["cycles_pg_cpu_per_unit"] = (postgres_cpu_seconds() - pg_before) / max(1, cycles)
+    await usage.record("cycles", cycles)
     return cycles / seconds
 
 
@@ -429,6 +419,35 @@ def postgres_cpu_seconds() -> float:
                     fields = raw.rsplit(")", 1)[1].split()
                     ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def wal_flushes(ctx: Context) -> int:
+    """The WAL flushes (fsyncs) PostgreSQL has made so far, all databases (pg_stat_wal): a
+    commit waits for one, and concurrent commits share one only when they reach it together."""
+    async with await psycopg.AsyncConnection.connect(ctx.database_url, autocommit=True) as conn:
+        row = await (await conn.execute("SELECT wal_sync FROM pg_stat_wal")).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+class Usage:
+    """What a timed phase cost per unit, from ``start`` to ``record``: the server's and
+    PostgreSQL's CPU, and PostgreSQL's WAL flushes."""
+
+    def __init__(self, ctx: Context, cpu: float, database_cpu: float, flushes: int) -> None:
+        self.ctx = ctx
+        self.cpu, self.database_cpu, self.flushes = cpu, database_cpu, flushes
+
+    @classmethod
+    async def start(cls, ctx: Context) -> Usage:
+        flushes = await wal_flushes(ctx)
+        return cls(ctx, cpu_seconds(ctx.server_pid), postgres_cpu_seconds(), flushes)
+
+    async def record(self, phase: str, units: int) -> None:
+        ctx, units = self.ctx, max(1, units)
+        ctx.extra[f"{phase}_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - self.cpu) / units
+        ctx.extra[f"{phase}_pg_cpu_per_unit"] = (postgres_cpu_seconds() - self.database_cpu) / units
+        ctx.extra[f"{phase}_flushes_per_unit"] = (await wal_flushes(ctx) - self.flushes) / units
 
 
 JOINED = re.compile(r'asyncgate_joined_requests_(sum|count)\{kind="(\w+)"\} ([0-9.e+]+)')

@@ -36,6 +36,7 @@ def test_bench_quick_run_prints_every_row_of_the_table():
     assert "(0 non-2xx)" in table
     assert "double leases: 0 (met)" in table
     assert "1. CPU per receipt" in table
+    assert table.count("WAL flushes each") == 3  # ingest, unbatched and batched life cycles
 
 
 def test_inprocess_bench_reports_every_operation():
