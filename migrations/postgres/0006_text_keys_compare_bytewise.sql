@@ -1,8 +1,8 @@
 -- Text keys compare byte by byte (collation "C"). Every index leads with the tenant, so every
 -- B-tree step of every write and lookup compares tenant strings, and under the database's
 -- collation each comparison follows the locale's rules: in bench/collation.py PostgreSQL spent
--- 1.20 x the CPU per indexed row under ICU en-US and 1.05 x under C.UTF-8 that it spent under
--- "C". These keys are only ever compared for equality, which any deterministic collation
+-- 1.17-1.19 x the CPU per indexed row under ICU en-US that it spent under "C" (C.UTF-8 was
+-- within the noise, 0.98-1.06 x). These keys are only ever compared for equality, which any deterministic collation
 -- decides alike, and no query orders by them: no result changes. Query parameters and
 -- recordset columns keep the default collation; a column's own collation wins over the
 -- default, so comparisons with them use "C" and the indexes.
