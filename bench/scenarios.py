@@ -35,6 +35,8 @@ class Context:
     log: Callable[[str], None]
     server_pid: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Each goal's figure (see bench/run.py GOALS), as the run measured it.
+    goals: dict[str, float] = field(default_factory=dict)
 
     def size(self, full: int, quick: int) -> int:
         return quick if self.quick else full

@@ -21,7 +21,12 @@ def run_bench(script: str, *args: str, timeout: int = 300) -> str:
 
 
 def test_bench_quick_run_prints_every_row_of_the_table():
-    table = run_bench("run.py", "--quick", "--duration", "1", timeout=600)
+    table = run_bench("run.py", "--quick", "--duration", "1", "--repeat", "2", timeout=600)
+    assert table.count("AsyncGate benchmark: PostgreSQL") == 2  # one table per run
+    goals = table.split("Goals over 2 runs", 1)[1]
+    for goal in ("1. receipt ingest", "2. unbatched", "2. batched", "3. bootstrap", "4. double"):
+        assert goal in goals, f"missing goal {goal!r}:\n{goals}"
+    assert "| 0 " in goals.split("4. double leases", 1)[1]
     for row in (
         "floor: psycopg INSERTs/s",
         "1. receipt ingest/s",
@@ -36,7 +41,8 @@ def test_bench_quick_run_prints_every_row_of_the_table():
     assert "(0 non-2xx)" in table
     assert "double leases: 0 (met)" in table
     assert "1. CPU per receipt" in table
-    assert table.count("WAL flushes each") == 3  # ingest, unbatched and batched life cycles
+    # Per run: ingest, unbatched and batched life cycles.
+    assert table.count("WAL flushes each") == 2 * 3
 
 
 def test_inprocess_bench_reports_every_operation():
