@@ -370,20 +370,25 @@ def joined_row(
 
 
 def print_table(rows: list[tuple[str, str, str]], args: argparse.Namespace) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    header = ("measure", "result", "ratio and goal")
-    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
     quick = " (quick)" if args.quick else ""
-    print(
-        f"\nAsyncGate benchmark: PostgreSQL, {args.workers} uvicorn worker(s), "
-        f"{args.connections} connections, {args.duration:g} s phases{quick}"
+    print_boxed(
+        f"AsyncGate benchmark: PostgreSQL, {args.workers} uvicorn worker(s), "
+        f"{args.connections} connections, {args.duration:g} s phases{quick}",
+        ["measure", "result", "ratio and goal"],
+        [list(row) for row in rows],
     )
+
+
+def print_boxed(title: str, header: list[str], rows: list[list[str]]) -> None:
+    """A title, then a table boxed in ASCII with its columns padded to their widest cell."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
+    print(f"\n{title}")
     print(line)
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print(line)
-    for row in rows:
+    for row in [header, *rows]:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if row is header:
+            print(line)
     print(line)
 
 
@@ -418,16 +423,8 @@ def print_goals(runs: list[dict[str, float]]) -> None:
             shown.format(overall),
             "met" if meets(overall) else "NOT met",
         ])  # fmt: skip
-    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
-    print(f"\nGoals over {len(runs)} runs, judged on the median (double leases: their sum)")
-    line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
-    print(line)
-    for row in [header, None, *table]:
-        if row is None:
-            print(line)
-            continue
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-    print(line)
+    title = f"Goals over {len(runs)} runs, judged on the median (double leases: their sum)"
+    print_boxed(title, header, table)
 
 
 if __name__ == "__main__":
