@@ -337,15 +337,16 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
 
 
 def cpu_row(ctx: Context, phase: str, label: str) -> tuple[str, str, str]:
-    """CPU per unit, of the server and of PostgreSQL: unlike a rate, it hardly moves with
-    what else the machine runs."""
+    """CPU per unit, of the server, of PostgreSQL and of the load generator: unlike a rate, it
+    hardly moves with what else the machine runs."""
     server = ctx.extra[f"{phase}_cpu_per_unit"] * 1e6
     database = ctx.extra[f"{phase}_pg_cpu_per_unit"] * 1e6
+    load = ctx.extra[f"{phase}_load_cpu_per_unit"] * 1e6
     flushes = ctx.extra[f"{phase}_flushes_per_unit"]
     return (
         label,
-        f"{server:,.0f} / {database:,.0f} us",
-        f"server (uvicorn) / PostgreSQL; {flushes:.2f} WAL flushes each",
+        f"{server:,.0f} / {database:,.0f} / {load:,.0f} us",
+        f"server (uvicorn) / PostgreSQL / load generator; {flushes:.2f} WAL flushes each",
     )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import statistics
 import subprocess
 import time
@@ -432,23 +433,30 @@ async def wal_flushes(ctx: Context) -> int:
     return int(row[0])
 
 
-class Usage:
-    """What a timed phase cost per unit, from ``start`` to ``record``: the server's and
-    PostgreSQL's CPU, and PostgreSQL's WAL flushes."""
+def load_generator_cpu_seconds() -> float:
+    """This process's CPU (the asyncio client) and that of its finished children (wrk)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
-    def __init__(self, ctx: Context, cpu: float, database_cpu: float, flushes: int) -> None:
-        self.ctx = ctx
-        self.cpu, self.database_cpu, self.flushes = cpu, database_cpu, flushes
+
+class Usage:
+    """What a timed phase cost per unit, from ``start`` to ``record``: the server's,
+    PostgreSQL's and the load generator's CPU, and PostgreSQL's WAL flushes."""
+
+    def __init__(self, ctx: Context, flushes: int) -> None:
+        self.ctx, self.flushes = ctx, flushes
+        self.cpu, self.database_cpu = cpu_seconds(ctx.server_pid), postgres_cpu_seconds()
+        self.load_cpu = load_generator_cpu_seconds()
 
     @classmethod
     async def start(cls, ctx: Context) -> Usage:
-        flushes = await wal_flushes(ctx)
-        return cls(ctx, cpu_seconds(ctx.server_pid), postgres_cpu_seconds(), flushes)
+        return cls(ctx, await wal_flushes(ctx))
 
     async def record(self, phase: str, units: int) -> None:
         ctx, units = self.ctx, max(1, units)
         ctx.extra[f"{phase}_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - self.cpu) / units
         ctx.extra[f"{phase}_pg_cpu_per_unit"] = (postgres_cpu_seconds() - self.database_cpu) / units
+        ctx.extra[f"{phase}_load_cpu_per_unit"] = (load_generator_cpu_seconds() - self.load_cpu) / units
         ctx.extra[f"{phase}_flushes_per_unit"] = (await wal_flushes(ctx) - self.flushes) / units
 
 
