@@ -456,7 +456,8 @@ class Usage:
         ctx, units = self.ctx, max(1, units)
         ctx.extra[f"{phase}_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - self.cpu) / units
         ctx.extra[f"{phase}_pg_cpu_per_unit"] = (postgres_cpu_seconds() - self.database_cpu) / units
-        ctx.extra[f"{phase}_load_cpu_per_unit"] = (load_generator_cpu_seconds() - self.load_cpu) / units
+        load_cpu = load_generator_cpu_seconds() - self.load_cpu
+        ctx.extra[f"{phase}_load_cpu_per_unit"] = load_cpu / units
         ctx.extra[f"{phase}_flushes_per_unit"] = (await wal_flushes(ctx) - self.flushes) / units
 
 

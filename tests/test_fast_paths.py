@@ -17,6 +17,7 @@ import pytest
 from asyncgate_postgres import PostgresDialect, conninfo_from_url
 
 from asyncgate import leases, receipts
+from asyncgate.errors import Problem
 from asyncgate.ids import new_id, utcnow
 from asyncgate.ledger import Ledger
 from asyncgate.metrics import Metrics
@@ -94,12 +95,17 @@ async def test_settle_writes_the_receipt_ends_the_lease_and_closes_the_obligatio
     assert result.terminated == [grant["task"]["obligation_receipt_id"]]
     task = await ledger.get_task(identity, grant["task"]["task_id"])
     assert (task["state"], task["obligation_open"], task["lease"]) == ("COMPLETED", False, None)
-    released = count(
+    # The lease is over with its task: renewing it is refused. Its record is not written
+    # again (released_at records releases only), so settling costs no lease row version.
+    with pytest.raises(Problem) as refused:
+        await ledger.renew(identity, grant["lease_id"], None)
+    assert refused.value.status == 409
+    untouched = count(
         pg_database,
-        "SELECT count(*) FROM leases WHERE lease_id = %s AND released_at IS NOT NULL",
+        "SELECT count(*) FROM leases WHERE lease_id = %s AND released_at IS NULL",
         grant["lease_id"],
     )
-    assert released == 1
+    assert untouched == 1
 
 
 def ledger_size(database_url: str, identity: Identity) -> int:

@@ -10,7 +10,7 @@ from asyncgate.ids import new_id
 
 
 def test_new_ids_are_canonical_version_7_uuids_and_never_repeat() -> None:
-    ids = [new_id() for _ in range(20_000)]  # several refills of the random buffer
+    ids = [new_id() for _ in range(20_000)]
     assert len(set(ids)) == len(ids)
     for value in ids[:2000]:
         parsed = uuid.UUID(value)
@@ -30,7 +30,7 @@ def test_new_ids_carry_their_millisecond_and_sort_by_it() -> None:
 
 
 def test_a_forked_child_does_not_repeat_its_parents_next_ids() -> None:
-    new_id()  # the buffer holds unused random bytes now
+    new_id()  # the generator's state is set up before the fork
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:

@@ -229,7 +229,8 @@ async def test_ledger_invariants_hold_under_concurrent_clients(
     assert len(world.revoked_at) > 10 and len(open_ids) < len(world.tasks)
 
     # At most one current lease: distinct gapless generations, each granted only after its
-    # predecessor had ended (released or terminal) or expired, by the database's own record.
+    # predecessor had been released or had expired, by the database's own record. (A lease
+    # that a terminal receipt ended has no successor: its task is terminal for good.)
     leases = query(
         database_url,
         "SELECT task_id, generation, lease_id, granted_at, expires_at, released_at FROM leases"

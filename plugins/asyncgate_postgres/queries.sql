@@ -147,7 +147,8 @@ SET state = 'PENDING', lease_id = NULL, lease_worker = NULL, lease_expires_at = 
 WHERE tenant = %(tenant)s AND task_id = %(task_id)s::uuid AND lease_id = %(lease_id)s::uuid;
 
 -- end_lease_record --
--- Mark a lease record released (by release or by a terminal receipt).
+-- Mark a lease record released, by a release only: a lease whose task a terminal receipt
+-- ended is over with its task (terminal for good), which that receipt records.
 UPDATE leases SET released_at = %(now)s
 WHERE tenant = %(tenant)s AND lease_id = %(lease_id)s::uuid AND released_at IS NULL;
 
@@ -213,36 +214,26 @@ SELECT * FROM receipts WHERE tenant = %(tenant)s AND receipt_id = %(receipt_id)s
 -- apply_receipt_effects --
 -- What a transaction's receipts did to each task they touched (one row per task, locked by
 -- lock_receipt_tasks): its new state, its lease ended, its obligation closed (if still open).
--- Tasks are found by primary key through one array of ids, and leases one primary-key lookup
--- per row: a plain join with the rows was planned from the tenant's estimate (0.5 % of the
--- table), as a scan of the tenant's, or every, task and lease.
+-- Tasks are found by primary key through one array of ids: a plain join with the rows was
+-- planned from the tenant's estimate (0.5 % of the table), as a scan of the tenant's tasks.
+-- A lease ended this way keeps its record as it was: it is over with its task, terminal for
+-- good, and the receipt records that (released_at records releases only).
 WITH r AS (
     SELECT * FROM json_to_recordset(%(rows)s::json) AS r(
         task_id uuid, state text, end_lease_id uuid, closed_by uuid, now timestamptz)
-), tasks_changed AS (
-    UPDATE tasks t
-    SET state = COALESCE(r.state, t.state),
-        lease_id = CASE WHEN r.end_lease_id IS NULL THEN t.lease_id END,
-        lease_worker = CASE WHEN r.end_lease_id IS NULL THEN t.lease_worker END,
-        lease_expires_at = CASE WHEN r.end_lease_id IS NULL THEN t.lease_expires_at END,
-        obligation_open = t.obligation_open AND r.closed_by IS NULL,
-        obligation_closed_by = CASE WHEN t.obligation_open AND r.closed_by IS NOT NULL
-                                    THEN r.closed_by ELSE t.obligation_closed_by END,
-        updated_at = r.now
-    FROM r
-    WHERE t.tenant = %(tenant)s AND t.task_id = ANY(ARRAY(SELECT task_id FROM r))
-      AND t.task_id = r.task_id
 )
-UPDATE leases l SET released_at = ended.now
-FROM (
-    SELECT r.now, lease.lease_id FROM r,
-    LATERAL (
-        SELECT lease_id FROM leases
-        WHERE tenant = %(tenant)s AND lease_id = r.end_lease_id AND released_at IS NULL
-        OFFSET 0  -- keeps it a lookup per row: the planner would flatten it into a join
-    ) AS lease
-) AS ended
-WHERE l.tenant = %(tenant)s AND l.lease_id = ended.lease_id AND l.released_at IS NULL;
+UPDATE tasks t
+SET state = COALESCE(r.state, t.state),
+    lease_id = CASE WHEN r.end_lease_id IS NULL THEN t.lease_id END,
+    lease_worker = CASE WHEN r.end_lease_id IS NULL THEN t.lease_worker END,
+    lease_expires_at = CASE WHEN r.end_lease_id IS NULL THEN t.lease_expires_at END,
+    obligation_open = t.obligation_open AND r.closed_by IS NULL,
+    obligation_closed_by = CASE WHEN t.obligation_open AND r.closed_by IS NOT NULL
+                                THEN r.closed_by ELSE t.obligation_closed_by END,
+    updated_at = r.now
+FROM r
+WHERE t.tenant = %(tenant)s AND t.task_id = ANY(ARRAY(SELECT task_id FROM r))
+  AND t.task_id = r.task_id;
 
 -- obligations_closed_by --
 -- Which of the given obligations a receipt closed (for an idempotent replay).
@@ -454,10 +445,6 @@ WITH r AS (
         updated_at = %(now)s
     FROM task
     WHERE t.tenant = task.tenant AND t.task_id = task.task_id
-), lease_ended AS (
-    UPDATE leases l SET released_at = %(now)s
-    FROM task
-    WHERE l.tenant = task.tenant AND l.lease_id = task.lease_id AND l.released_at IS NULL
 )
 -- What the request did not know of each receipt written (receipts.merge_written builds the
 -- rest from the rows sent), and the obligation it closed.

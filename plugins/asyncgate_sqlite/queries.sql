@@ -105,7 +105,8 @@ SET state = 'PENDING', lease_id = NULL, lease_worker = NULL, lease_expires_at = 
 WHERE tenant = :tenant AND task_id = :task_id AND lease_id = :lease_id;
 
 -- end_lease_record --
--- Mark a lease record released (by release or by a terminal receipt).
+-- Mark a lease record released, by a release only: a lease whose task a terminal receipt
+-- ended is over with its task (terminal for good), which that receipt records.
 UPDATE leases SET released_at = :now
 WHERE tenant = :tenant AND lease_id = :lease_id AND released_at IS NULL;
 
@@ -143,6 +144,8 @@ SELECT * FROM receipts WHERE tenant = :tenant AND receipt_id = :receipt_id;
 -- apply_receipt_effects --
 -- What a transaction's receipts did to a task they touched (one row per task): its new state,
 -- its lease ended, its obligation closed (if still open); run for every row by ``many``.
+-- A lease ended this way keeps its record as it was: it is over with its task, terminal for
+-- good, and the receipt records that (released_at records releases only).
 UPDATE tasks
 SET state = COALESCE(:state, state),
     lease_id = CASE WHEN :end_lease_id IS NULL THEN lease_id END,
@@ -153,9 +156,6 @@ SET state = COALESCE(:state, state),
                                 THEN :closed_by ELSE obligation_closed_by END,
     updated_at = :now
 WHERE tenant = :tenant AND task_id = :task_id;
-UPDATE leases SET released_at = :now
-WHERE :end_lease_id IS NOT NULL AND tenant = :tenant AND lease_id = :end_lease_id
-  AND released_at IS NULL;
 
 -- obligations_closed_by --
 -- Which of the given obligations a receipt closed (for an idempotent replay).
