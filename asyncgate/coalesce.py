@@ -3,8 +3,9 @@
 Under load many requests want the same statement at the same moment, each for its own rows.
 A statement costs a round trip, the driver's work, a plan and a commit whatever its row count,
 so rows that arrive while a statement of their kind is in flight wait for it to end and then
-go together in the next. With nothing in flight a write goes at once, alone: a quiet server
-adds no latency, and a busy one sends fewer, larger statements.
+go together in the next. With nothing in flight a write goes after one turn of the event loop,
+with whatever else that turn read: a quiet server adds no latency, and a busy one sends
+fewer, larger statements.
 """
 
 from __future__ import annotations
@@ -47,25 +48,25 @@ class Coalescer(Generic[Item, Result]):
         self._senders: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item, group: Hashable = None, weight: int = 1) -> Result:
-        if group not in self._in_flight:
-            # Nothing of this group in flight: this request sends its own statement, in its
-            # own task, with no hand-over.
-            self._in_flight.add(group)
-            try:
-                [result] = await self._send(group, [item])
-            finally:
-                self._send_waiting(group)
-            return result
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(group, []).append((item, weight, future))
+        if group not in self._in_flight:
+            self._in_flight.add(group)
+            self._start_sender(group)
         return await future
 
-    def _send_waiting(self, group: Hashable) -> None:
-        """A statement of ``group`` ended: send what waited meanwhile, or mark the group idle."""
-        waiting = self._waiting.pop(group, None)
-        if not waiting:
-            self._in_flight.discard(group)
-            return
+    def _start_sender(self, group: Hashable) -> None:
+        sender = asyncio.get_running_loop().create_task(self._send_next(group))
+        self._senders.add(sender)
+        sender.add_done_callback(self._senders.discard)
+
+    async def _send_next(self, group: Hashable) -> None:
+        """Send what waits in ``group``, then start the next sender or mark the group idle.
+
+        It takes the waiting items when it starts, a turn of the event loop after it was
+        started: the requests read in the same turn as the one that started it go with it.
+        """
+        waiting = self._waiting.pop(group)
         taken = weight = 0
         for _, item_weight, _ in waiting[: self._max_batch]:
             if taken and weight + item_weight > self._max_weight:
@@ -75,18 +76,13 @@ class Coalescer(Generic[Item, Result]):
         batch, rest = waiting[:taken], waiting[taken:]
         if rest:
             self._waiting[group] = rest
-        sender = asyncio.get_running_loop().create_task(self._send_batch(group, batch))
-        self._senders.add(sender)
-        sender.add_done_callback(self._senders.discard)
-
-    async def _send_batch(
-        self, group: Hashable, batch: list[tuple[Item, int, asyncio.Future[Result]]]
-    ) -> None:
         try:
             results = await self._send(group, [item for item, _, _ in batch])
         except asyncio.CancelledError:
-            for _, _, future in batch:
+            # The server is stopping: nothing of this group will be sent.
+            for _, _, future in batch + self._waiting.pop(group, []):
                 future.cancel()
+            self._in_flight.discard(group)
             raise
         except Exception as exc:
             for _, _, future in batch:
@@ -96,5 +92,7 @@ class Coalescer(Generic[Item, Result]):
             for (_, _, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
-        finally:
-            self._send_waiting(group)
+        if self._waiting.get(group):
+            self._start_sender(group)
+        else:
+            self._in_flight.discard(group)

@@ -343,10 +343,13 @@ def cpu_row(ctx: Context, phase: str, label: str) -> tuple[str, str, str]:
     database = ctx.extra[f"{phase}_pg_cpu_per_unit"] * 1e6
     load = ctx.extra[f"{phase}_load_cpu_per_unit"] * 1e6
     flushes = ctx.extra[f"{phase}_flushes_per_unit"]
+    wal_kib = ctx.extra[f"{phase}_wal_bytes_per_unit"] / 1024
+    full_pages = ctx.extra[f"{phase}_full_pages_per_unit"]
     return (
         label,
         f"{server:,.0f} / {database:,.0f} / {load:,.0f} us",
-        f"server (uvicorn) / PostgreSQL / load generator; {flushes:.2f} WAL flushes each",
+        f"server (uvicorn) / PostgreSQL / load generator; WAL: {flushes:.2f} flushes, "
+        f"{wal_kib:.1f} KiB ({full_pages:.2f} full pages) each",
     )
 
 

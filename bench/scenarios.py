@@ -424,13 +424,16 @@ def postgres_cpu_seconds() -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-async def wal_flushes(ctx: Context) -> int:
-    """The WAL flushes (fsyncs) PostgreSQL has made so far, all databases (pg_stat_wal): a
-    commit waits for one, and concurrent commits share one only when they reach it together."""
+async def wal_totals(ctx: Context) -> tuple[int, int, int]:
+    """PostgreSQL's WAL so far, all databases (pg_stat_wal): flushes (fsyncs; a commit waits
+    for one, and concurrent commits share one only when they reach it together), bytes, and
+    full-page images (a page's first change after a checkpoint logs it whole)."""
     async with await psycopg.AsyncConnection.connect(ctx.database_url, autocommit=True) as conn:
-        row = await (await conn.execute("SELECT wal_sync FROM pg_stat_wal")).fetchone()
+        row = await (
+            await conn.execute("SELECT wal_sync, wal_bytes, wal_fpi FROM pg_stat_wal")
+        ).fetchone()
     assert row is not None
-    return int(row[0])
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def load_generator_cpu_seconds() -> float:
@@ -441,16 +444,17 @@ def load_generator_cpu_seconds() -> float:
 
 class Usage:
     """What a timed phase cost per unit, from ``start`` to ``record``: the server's,
-    PostgreSQL's and the load generator's CPU, and PostgreSQL's WAL flushes."""
+    PostgreSQL's and the load generator's CPU, and PostgreSQL's WAL (flushes, bytes, full-page
+    images)."""
 
-    def __init__(self, ctx: Context, flushes: int) -> None:
-        self.ctx, self.flushes = ctx, flushes
+    def __init__(self, ctx: Context, wal: tuple[int, int, int]) -> None:
+        self.ctx, self.wal = ctx, wal
         self.cpu, self.database_cpu = cpu_seconds(ctx.server_pid), postgres_cpu_seconds()
         self.load_cpu = load_generator_cpu_seconds()
 
     @classmethod
     async def start(cls, ctx: Context) -> Usage:
-        return cls(ctx, await wal_flushes(ctx))
+        return cls(ctx, await wal_totals(ctx))
 
     async def record(self, phase: str, units: int) -> None:
         ctx, units = self.ctx, max(1, units)
@@ -458,7 +462,12 @@ class Usage:
         ctx.extra[f"{phase}_pg_cpu_per_unit"] = (postgres_cpu_seconds() - self.database_cpu) / units
         load_cpu = load_generator_cpu_seconds() - self.load_cpu
         ctx.extra[f"{phase}_load_cpu_per_unit"] = load_cpu / units
-        ctx.extra[f"{phase}_flushes_per_unit"] = (await wal_flushes(ctx) - self.flushes) / units
+        flushes, wal_bytes, full_pages = (
+            after - before for after, before in zip(await wal_totals(ctx), self.wal, strict=True)
+        )
+        ctx.extra[f"{phase}_flushes_per_unit"] = flushes / units
+        ctx.extra[f"{phase}_wal_bytes_per_unit"] = wal_bytes / units
+        ctx.extra[f"{phase}_full_pages_per_unit"] = full_pages / units
 
 
 JOINED = re.compile(r'asyncgate_joined_requests_(sum|count)\{kind="(\w+)"\} ([0-9.e+]+)')

@@ -85,7 +85,32 @@ async def test_a_statement_carries_at_most_max_batch_items() -> None:
     await settle()
     recorder.release.set()
     assert await asyncio.gather(*waiting) == [10, 20, 30, 40, 50]
-    assert [items for _, items in recorder.calls] == [[1], [2, 3], [4, 5]]
+    assert [items for _, items in recorder.calls] == [[1, 2], [3, 4], [5]]
+
+
+@pytest.mark.anyio
+async def test_items_submitted_in_one_turn_of_the_event_loop_go_together() -> None:
+    # As a server's requests read in one turn: the first does not leave alone.
+    recorder = Recorder()
+    recorder.release.set()
+    coalescer = Coalescer(recorder.send)
+    together = [asyncio.ensure_future(coalescer.submit(item)) for item in (1, 2, 3)]
+    assert await asyncio.gather(*together) == [10, 20, 30]
+    assert recorder.calls == [(None, [1, 2, 3])]
+
+
+@pytest.mark.anyio
+async def test_a_submitter_cancelled_while_waiting_leaves_the_others_their_statement() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.send)
+    first = asyncio.ensure_future(coalescer.submit(1))
+    second = asyncio.ensure_future(coalescer.submit(2))
+    await settle()
+    first.cancel()  # its client went away; the statement it led is not cancelled
+    recorder.release.set()
+    assert await second == 20
+    assert first.cancelled() and recorder.calls == [(None, [1, 2])]
+    assert await coalescer.submit(3) == 30  # and the group is idle again
 
 
 @pytest.mark.anyio
