@@ -130,9 +130,11 @@ def append_row(identity: Identity, spec: dict[str, Any]) -> Row:
 
 def _leased_receipt(identity: Identity, spec: dict[str, Any]) -> Row:
     """The parameters the one-statement receipt writes share: the receipt as the client sent it."""
+    given_id = spec.get("receipt_id")
     return {
         "tenant": identity.tenant,
-        "receipt_id": spec.get("receipt_id") or new_id(),
+        "receipt_id": given_id or new_id(),
+        "id_given": bool(given_id),
         "type": spec["type"],
         "task_id": spec["task_id"],
         "from_principal": identity.principal,

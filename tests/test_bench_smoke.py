@@ -70,3 +70,10 @@ def test_collation_bench_reports_the_default_and_bytewise_keys():
     output = run_bench("collation.py", "--rows", "1000", "--rounds", "1")
     for line in ("database default (", '"C"', 'x "C"'):
         assert line in output, f"missing {line!r}:\n{output}"
+
+
+def test_settle_bench_reports_this_tree_beside_a_revision():
+    output = run_bench("settle_cpu.py", "--against", "HEAD", "--rounds", "3")
+    lines = [line.split() for line in output.splitlines() if " us  (" in line]
+    assert [line[0] for line in lines] == ["HEAD", "this"], output
+    assert all(float(line[-3]) > 0 for line in lines), output

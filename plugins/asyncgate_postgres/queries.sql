@@ -400,18 +400,7 @@ WITH r AS (
     SELECT DISTINCT ON (tenant, task_id) * FROM json_to_recordset(%(rows)s::json) AS r(
         tenant text, receipt_id uuid, type text, task_id uuid, from_principal text,
         lease_id uuid, parent_receipt_ids uuid[], body jsonb, artifacts jsonb,
-        delivery_proof jsonb, content_hash text, state text, closes boolean)
-    ORDER BY tenant, task_id
-), checked AS (
-    -- Every parent exists and none is another task's obligation (its task.assigned receipt):
-    -- one probe of the receipts' primary key per parent.
-    SELECT * FROM r
-    WHERE cardinality(r.parent_receipt_ids) = (
-          SELECT count(*) FILTER (WHERE p.type <> 'task.assigned' OR p.task_id = r.task_id)
-          FROM receipts p
-          WHERE p.tenant = r.tenant AND p.receipt_id = ANY(r.parent_receipt_ids))
-      AND NOT EXISTS (
-          SELECT 1 FROM receipts x WHERE x.tenant = r.tenant AND x.receipt_id = r.receipt_id)
+        delivery_proof jsonb, content_hash text, state text, closes boolean, id_given boolean)
     ORDER BY tenant, task_id
 ), task AS (
     -- Each task locked through its primary key alone, in task order, then checked as locked:
@@ -419,7 +408,7 @@ WITH r AS (
     SELECT r.*, t.principal AS to_principal, t.obligation_receipt_id,
            t.obligation_open AND r.closes
                AND t.obligation_receipt_id = ANY(r.parent_receipt_ids) AS closes_own
-    FROM checked AS r,
+    FROM r,
     LATERAL (
         SELECT principal, obligation_receipt_id, obligation_open, lease_id, state,
                lease_expires_at
@@ -429,6 +418,17 @@ WITH r AS (
         FOR UPDATE
     ) AS t
     WHERE t.lease_id = r.lease_id AND t.state = 'ACTIVE' AND t.lease_expires_at > %(now)s
+      -- Every parent exists and none is another task's obligation (its task.assigned
+      -- receipt). A lone parent that is the task's own obligation, as a worker's report
+      -- usually names, is known from the locked row; others cost a primary-key probe each.
+      AND (r.parent_receipt_ids = ARRAY[t.obligation_receipt_id]
+           OR cardinality(r.parent_receipt_ids) = (
+               SELECT count(*) FILTER (WHERE p.type <> 'task.assigned' OR p.task_id = r.task_id)
+               FROM receipts p
+               WHERE p.tenant = r.tenant AND p.receipt_id = ANY(r.parent_receipt_ids)))
+      -- A receipt_id AsyncGate made is new; only one the client chose is looked up.
+      AND (NOT r.id_given OR NOT EXISTS (
+          SELECT 1 FROM receipts x WHERE x.tenant = r.tenant AND x.receipt_id = r.receipt_id))
 ), receipt AS (
     INSERT INTO receipts (tenant, receipt_id, type, task_id, from_principal, to_principal,
                           lease_id, parent_receipt_ids, stripped_parent_receipt_ids, body,

@@ -1,0 +1,139 @@
+"""PostgreSQL's CPU per settled row: this tree's settle_under_lease against other revisions'.
+
+    .venv/bin/python bench/settle_cpu.py --against b75c2bc --against HEAD
+
+Each round creates and claims 100 tasks through the ledger, then settles them with one
+variant's ``settle_under_lease`` statement (a success receipt each, naming its task's
+obligation, as a worker reports a batch), on one connection, and reads that connection's
+backend CPU from /proc/<pid>/schedstat (nanoseconds) around the statement and its commit.
+The variants take turns, round after round, so a machine that slows down slows them alike;
+the first rounds are warm-up. Needs PostgreSQL on 127.0.0.1:5432, run on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.types.json import Json, set_json_dumps
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "plugins"))
+
+from asyncgate_postgres import QUERIES, PostgresDialect, conninfo_from_url, to_db  # noqa: E402
+
+from asyncgate import receipts  # noqa: E402
+from asyncgate.ids import utcnow  # noqa: E402
+from asyncgate.ledger import Ledger  # noqa: E402
+from asyncgate.metrics import Metrics  # noqa: E402
+from asyncgate.settings import Identity, Settings  # noqa: E402
+from asyncgate.storage import load_queries  # noqa: E402
+
+BATCH = 100
+WARM_UP_ROUNDS = 2
+
+
+def statement_at(revision: str) -> str:
+    """``settle_under_lease`` as it stood at a git revision."""
+    text = subprocess.run(
+        ["git", "show", f"{revision}:plugins/asyncgate_postgres/queries.sql"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "queries.sql"
+        path.write_text(text)
+        return load_queries(path)["settle_under_lease"]
+
+
+def backend_cpu_ns(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+async def measure(admin_url: str, variants: list[tuple[str, str]], rounds: int) -> None:
+    name = f"asyncgate_settle_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    dialect = PostgresDialect(conninfo_from_url(url), 1, 4)
+    try:
+        await dialect.open()
+        await dialect.migrate()
+
+        async def emit(anomalies: list[dict[str, Any]], tenant: str) -> None:
+            return None
+
+        ledger = Ledger(dialect, Settings(), Metrics(), emit)
+        identity = Identity("bench", "service:bench")
+        per_row: dict[str, list[float]] = {label: [] for label, _ in variants}
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            set_json_dumps(orjson.dumps, conn)
+            pid = conn.info.backend_pid
+            for round_ in range(rounds):
+                turn = round_ % len(variants)
+                for label, sql in variants[turn:] + variants[:turn]:
+                    task = {"type": "settle", "payload": {}, "priority": 0}
+                    await ledger.create_tasks(identity, [task] * BATCH, batch=True)
+                    grants = await ledger.claim(identity, "worker:bench", ["settle"], BATCH, 600, 0)
+                    rows = [receipts.settle_row(identity, success(grant)) for grant in grants]
+                    before = backend_cpu_ns(pid)
+                    cursor = await conn.execute(
+                        sql, {"rows": Json(rows), **to_db({"now": utcnow()})}
+                    )
+                    written = await cursor.fetchall()
+                    spent = backend_cpu_ns(pid) - before
+                    assert len(written) == BATCH, f"{label}: settled {len(written)} of {BATCH}"
+                    if round_ >= WARM_UP_ROUNDS:
+                        per_row[label].append(spent / BATCH / 1000)
+                print(f"[settle_cpu] round {round_ + 1}/{rounds}", file=sys.stderr)
+        print(f"\nPostgreSQL CPU per settled row, {BATCH} rows per statement, median of "
+              f"{rounds - WARM_UP_ROUNDS} rounds (min)")  # fmt: skip
+        for label, values in per_row.items():
+            print(f"  {label:<24} {statistics.median(values):6.1f} us  ({min(values):.1f})")
+    finally:
+        await dialect.close()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def success(grant: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "task.success",
+        "task_id": grant["task"]["task_id"],
+        "lease_id": grant["lease_id"],
+        "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
+        "body": {},
+        "artifacts": [{"uri": "s3://bench/result.json"}],
+        "delivery_proof": None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--against", action="append", default=[], metavar="REV",
+        help="a git revision whose settle_under_lease to measure too (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=32, help="rounds, warm-up included")
+    parser.add_argument(
+        "--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="a database to create the throwaway one from",
+    )  # fmt: skip
+    args = parser.parse_args()
+    variants = [(revision, statement_at(revision)) for revision in args.against]
+    variants.append(("this tree", QUERIES["settle_under_lease"]))
+    asyncio.run(measure(args.pg_admin_url, variants, max(args.rounds, WARM_UP_ROUNDS + 1)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
