@@ -17,7 +17,9 @@ _ANOMALY_NAMESPACE = uuid.UUID("6f1d3c52-7a0e-4b55-9a53-0d5f8e6c1a27")
 def new_id() -> str:
     """A time-ordered (version 7, RFC 9562) UUID in canonical form.
 
-    The first 48 bits are the Unix time in milliseconds, the rest a counter and random bits.
+    The first 48 bits are the Unix time in milliseconds, then a counter that starts at a
+    random value each millisecond (one process's ids of one millisecond sort in the order they
+    were made), then 32 random bits.
     Ids made close in time sort close together, so a primary-key B-tree takes new ids at its
     right edge: a few hot pages rather than a random page per insert, which PostgreSQL would
     otherwise log whole (a full-page image) after every checkpoint. uuid_utils (Rust) makes
