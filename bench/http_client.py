@@ -71,3 +71,9 @@ class Connection:
         if status != expect:
             raise RuntimeError(f"{method} {path}: {status} {data[:300]!r}")
         return orjson.loads(data) if data else None
+
+    async def expect(self, method: str, path: str, body: Any, status: int) -> None:
+        """Send a request whose answer only needs the right status: its body is not parsed."""
+        got, data = await self.request(method, path, body)
+        if got != status:
+            raise RuntimeError(f"{method} {path}: {got} {data[:300]!r}")

@@ -72,8 +72,8 @@ def test_collation_bench_reports_the_default_and_bytewise_keys():
         assert line in output, f"missing {line!r}:\n{output}"
 
 
-def test_settle_bench_reports_this_tree_beside_a_revision():
-    output = run_bench("settle_cpu.py", "--against", "HEAD", "--rounds", "13")
+def test_statement_bench_reports_this_tree_beside_a_revision():
+    output = run_bench("statement_cpu.py", "--against", "HEAD", "--rounds", "13")
     lines = [line.split() for line in output.splitlines() if " us  (" in line]
     assert [line[0] for line in lines] == ["HEAD", "this"], output
     assert all(float(line[-3]) > 0 for line in lines), output

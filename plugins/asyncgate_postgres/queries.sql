@@ -371,15 +371,25 @@ WITH slots AS (
     -- that the planner could run as a scan of the tenant's tasks.
     WHERE t.tenant = %(tenant)s AND t.task_id = ANY(ARRAY(SELECT task_id FROM candidates))
       AND t.task_id = c.task_id AND NOT (SELECT needed FROM takeover)
-    RETURNING t.*
+    -- What the answer shows of a task (views.task_view), and no more: every byte comes back
+    -- over the wire and is parsed again.
+    RETURNING t.task_id, t.type, t.payload, t.principal, t.created_by, t.priority,
+              t.idempotency_key, t.state, t.lease_id, t.lease_worker, t.lease_expires_at,
+              t.lease_generation, t.obligation_receipt_id, t.obligation_open, t.created_at,
+              t.updated_at
 ), leases_in AS (
     INSERT INTO leases (tenant, lease_id, task_id, generation, worker, granted_at, expires_at)
-    SELECT tenant, lease_id, task_id, lease_generation, lease_worker, %(now)s, lease_expires_at
+    SELECT %(tenant)s, lease_id, task_id, lease_generation, lease_worker, %(now)s,
+           lease_expires_at
     FROM granted
 )
 SELECT *, true AS granted FROM granted
 UNION ALL
-SELECT t.*, false AS granted FROM tasks t
+SELECT t.task_id, t.type, t.payload, t.principal, t.created_by, t.priority, t.idempotency_key,
+       t.state, t.lease_id, t.lease_worker, t.lease_expires_at, t.lease_generation,
+       t.obligation_receipt_id, t.obligation_open, t.created_at, t.updated_at,
+       false AS granted
+FROM tasks t
 WHERE t.tenant = %(tenant)s AND t.task_id = ANY(ARRAY(SELECT task_id FROM candidates))
   AND (SELECT needed FROM takeover);
 

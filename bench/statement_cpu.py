@@ -1,11 +1,14 @@
-"""PostgreSQL's CPU per settled row: this tree's settle_under_lease against other revisions'.
+"""PostgreSQL's CPU per row of a hot statement: this tree's against other revisions'.
 
-    .venv/bin/python bench/settle_cpu.py --against b75c2bc --against HEAD
+    .venv/bin/python bench/statement_cpu.py --against b75c2bc --against HEAD
+    .venv/bin/python bench/statement_cpu.py --statement claim_at_once --against HEAD
 
-Each round creates and claims 100 tasks through the ledger, then settles them with one
-variant's ``settle_under_lease`` statement (a success receipt each, naming its task's
-obligation, as a worker reports a batch), on one connection, and reads that connection's
-backend CPU from /proc/<pid>/schedstat (nanoseconds) around the statement and its commit.
+Each round readies 100 rows through the ledger and runs one variant's statement on them, on
+one connection, reading that connection's backend CPU from /proc/<pid>/schedstat
+(nanoseconds) around the statement and its commit:
+- settle_under_lease: 100 tasks created and claimed, then settled (a success receipt each,
+  naming its task's obligation, as a worker reports a batch);
+- claim_at_once: 100 tasks created, then claimed in one statement (one claim of 100).
 The variants take turns, round after round, so a machine that slows down slows them alike;
 the first rounds are warm-up. Needs PostgreSQL on 127.0.0.1:5432, run on this machine.
 """
@@ -19,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,7 @@ sys.path.insert(0, str(ROOT / "plugins"))
 from asyncgate_postgres import QUERIES, PostgresDialect, conninfo_from_url, to_db  # noqa: E402
 
 from asyncgate import receipts  # noqa: E402
-from asyncgate.ids import utcnow  # noqa: E402
+from asyncgate.ids import new_id, utcnow  # noqa: E402
 from asyncgate.ledger import Ledger  # noqa: E402
 from asyncgate.metrics import Metrics  # noqa: E402
 from asyncgate.settings import Identity, Settings  # noqa: E402
@@ -45,8 +50,8 @@ BATCH = 100
 WARM_UP_ROUNDS = 12
 
 
-def statement_at(revision: str) -> str:
-    """``settle_under_lease`` as it stood at a git revision."""
+def statement_at(revision: str, statement: str) -> str:
+    """A statement as it stood at a git revision."""
     text = subprocess.run(
         ["git", "show", f"{revision}:plugins/asyncgate_postgres/queries.sql"],
         cwd=ROOT, capture_output=True, text=True, check=True,
@@ -54,15 +59,47 @@ def statement_at(revision: str) -> str:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "queries.sql"
         path.write_text(text)
-        return load_queries(path)["settle_under_lease"]
+        return load_queries(path)[statement]
 
 
 def backend_cpu_ns(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
-async def measure(admin_url: str, variants: list[tuple[str, str]], rounds: int) -> None:
-    name = f"asyncgate_settle_{uuid.uuid4().hex[:8]}"
+async def settle_params(ledger: Ledger, identity: Identity) -> dict[str, Any]:
+    task = {"type": "bench", "payload": {}, "priority": 0}
+    await ledger.create_tasks(identity, [task] * BATCH, batch=True)
+    grants = await ledger.claim(identity, "worker:bench", ["bench"], BATCH, 600, 0)
+    rows = [receipts.settle_row(identity, success(grant)) for grant in grants]
+    return {"rows": Json(rows), **to_db({"now": utcnow()})}
+
+
+async def claim_params(ledger: Ledger, identity: Identity) -> dict[str, Any]:
+    task = {"type": "bench", "payload": {}, "priority": 0}
+    await ledger.create_tasks(identity, [task] * BATCH, batch=True)
+    now = utcnow()
+    slots = [
+        {"slot": n + 1, "lease_id": new_id(), "worker": "worker:bench",
+         "expires_at": now + timedelta(seconds=600)}
+        for n in range(BATCH)
+    ]  # fmt: skip
+    return {
+        "rows": Json(slots),
+        **to_db({"tenant": identity.tenant, "types": ["bench"], "limit": BATCH, "now": now}),
+    }
+
+
+# How each statement's rows are readied: its parameters for one round of BATCH rows.
+STATEMENTS: dict[str, Callable[[Ledger, Identity], Awaitable[dict[str, Any]]]] = {
+    "settle_under_lease": settle_params,
+    "claim_at_once": claim_params,
+}
+
+
+async def measure(
+    admin_url: str, statement: str, variants: list[tuple[str, str]], rounds: int
+) -> None:
+    name = f"asyncgate_statement_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = admin_url.rsplit("/", 1)[0] + "/" + name
@@ -83,20 +120,16 @@ async def measure(admin_url: str, variants: list[tuple[str, str]], rounds: int) 
             for round_ in range(rounds):
                 turn = round_ % len(variants)
                 for label, sql in variants[turn:] + variants[:turn]:
-                    task = {"type": "settle", "payload": {}, "priority": 0}
-                    await ledger.create_tasks(identity, [task] * BATCH, batch=True)
-                    grants = await ledger.claim(identity, "worker:bench", ["settle"], BATCH, 600, 0)
-                    rows = [receipts.settle_row(identity, success(grant)) for grant in grants]
+                    params = await STATEMENTS[statement](ledger, identity)
                     before = backend_cpu_ns(pid)
-                    params = {"rows": Json(rows), **to_db({"now": utcnow()})}
                     cursor = await conn.execute(sql, params)
                     written = await cursor.fetchall()
                     spent = backend_cpu_ns(pid) - before
-                    assert len(written) == BATCH, f"{label}: settled {len(written)} of {BATCH}"
+                    assert len(written) == BATCH, f"{label}: {len(written)} rows of {BATCH}"
                     if round_ >= WARM_UP_ROUNDS:
                         per_row[label].append(spent / BATCH / 1000)
-                print(f"[settle_cpu] round {round_ + 1}/{rounds}", file=sys.stderr)
-        print(f"\nPostgreSQL CPU per settled row, {BATCH} rows per statement, median of "
+                print(f"[statement_cpu] round {round_ + 1}/{rounds}", file=sys.stderr)
+        print(f"\nPostgreSQL CPU per row of {statement}, {BATCH} rows per statement, median of "
               f"{rounds - WARM_UP_ROUNDS} rounds (min)")  # fmt: skip
         for label, values in per_row.items():
             print(f"  {label:<24} {statistics.median(values):6.1f} us  ({min(values):.1f})")
@@ -121,8 +154,12 @@ def success(grant: dict[str, Any]) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
+        "--statement", choices=sorted(STATEMENTS), default="settle_under_lease",
+        help="the statement to measure (default settle_under_lease)",
+    )  # fmt: skip
+    parser.add_argument(
         "--against", action="append", default=[], metavar="REV",
-        help="a git revision whose settle_under_lease to measure too (repeatable)",
+        help="a git revision whose statement to measure too (repeatable)",
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=44, help="rounds, 12 of warm-up included")
     parser.add_argument(
@@ -132,9 +169,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds <= WARM_UP_ROUNDS:
         parser.error(f"--rounds must be more than the {WARM_UP_ROUNDS} of warm-up")
-    variants = [(revision, statement_at(revision)) for revision in args.against]
-    variants.append(("this tree", QUERIES["settle_under_lease"]))
-    asyncio.run(measure(args.pg_admin_url, variants, args.rounds))
+    variants = [(revision, statement_at(revision, args.statement)) for revision in args.against]
+    variants.append(("this tree", QUERIES[args.statement]))
+    asyncio.run(measure(args.pg_admin_url, args.statement, variants, args.rounds))
     return 0
 
 
