@@ -130,11 +130,9 @@ def append_row(identity: Identity, spec: dict[str, Any]) -> Row:
 
 def _leased_receipt(identity: Identity, spec: dict[str, Any]) -> Row:
     """The parameters the one-statement receipt writes share: the receipt as the client sent it."""
-    given_id = spec.get("receipt_id")
     return {
         "tenant": identity.tenant,
-        "receipt_id": given_id or new_id(),
-        "id_given": bool(given_id),
+        "receipt_id": spec.get("receipt_id") or new_id(),
         "type": spec["type"],
         "task_id": spec["task_id"],
         "from_principal": identity.principal,
@@ -174,6 +172,8 @@ def settle_row(identity: Identity, spec: dict[str, Any]) -> Row | None:
         **_leased_receipt(identity, spec),
         "state": state,
         "closes": decision.closes_named_obligations,
+        # Only an id the client chose can be taken already: the statement looks up no other.
+        "id_given": bool(spec.get("receipt_id")),
     }
 
 

@@ -67,13 +67,12 @@ class Connection:
             await self.reader.readexactly(2)
 
     async def json(self, method: str, path: str, body: Any = None, expect: int = 200) -> Any:
-        status, data = await self.request(method, path, body)
-        if status != expect:
-            raise RuntimeError(f"{method} {path}: {status} {data[:300]!r}")
+        data = await self.expect(method, path, body, expect)
         return orjson.loads(data) if data else None
 
-    async def expect(self, method: str, path: str, body: Any, status: int) -> None:
-        """Send a request whose answer only needs the right status: its body is not parsed."""
+    async def expect(self, method: str, path: str, body: Any, status: int) -> bytes:
+        """The answer's body, unparsed, once its status is ``status``."""
         got, data = await self.request(method, path, body)
         if got != status:
             raise RuntimeError(f"{method} {path}: {got} {data[:300]!r}")
+        return data

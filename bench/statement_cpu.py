@@ -66,17 +66,20 @@ def backend_cpu_ns(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
-async def settle_params(ledger: Ledger, identity: Identity) -> dict[str, Any]:
+async def create_batch(ledger: Ledger, identity: Identity) -> None:
     task = {"type": "bench", "payload": {}, "priority": 0}
     await ledger.create_tasks(identity, [task] * BATCH, batch=True)
+
+
+async def settle_params(ledger: Ledger, identity: Identity) -> dict[str, Any]:
+    await create_batch(ledger, identity)
     grants = await ledger.claim(identity, "worker:bench", ["bench"], BATCH, 600, 0)
     rows = [receipts.settle_row(identity, success(grant)) for grant in grants]
     return {"rows": Json(rows), **to_db({"now": utcnow()})}
 
 
 async def claim_params(ledger: Ledger, identity: Identity) -> dict[str, Any]:
-    task = {"type": "bench", "payload": {}, "priority": 0}
-    await ledger.create_tasks(identity, [task] * BATCH, batch=True)
+    await create_batch(ledger, identity)
     now = utcnow()
     slots = [
         {"slot": n + 1, "lease_id": new_id(), "worker": "worker:bench",

@@ -453,6 +453,7 @@ class PostgresDialect:
                     [version, name],
                 )
                 applied.append(name)
+            # Outside the block: said once the migration has committed.
             log.info(
                 "applied migration %s", name,
                 extra={"migration": name, "seconds": round(time.monotonic() - started, 3)},
