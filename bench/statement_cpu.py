@@ -8,7 +8,8 @@ one connection, reading that connection's backend CPU from /proc/<pid>/schedstat
 (nanoseconds) around the statement and its commit:
 - settle_under_lease: 100 tasks created and claimed, then settled (a success receipt each,
   naming its task's obligation, as a worker reports a batch);
-- claim_at_once: 100 tasks created, then claimed in one statement (one claim of 100).
+- claim_at_once: 100 tasks created, then claimed in one statement (one claim of 100);
+- insert_tasks: 100 new tasks with their obligations, in one statement (a batch create).
 The variants take turns, round after round, so a machine that slows down slows them alike;
 the first rounds are warm-up. Needs PostgreSQL on 127.0.0.1:5432, run on this machine.
 """
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT / "plugins"))
 from asyncgate_postgres import QUERIES, PostgresDialect, conninfo_from_url, to_db  # noqa: E402
 
 from asyncgate import receipts  # noqa: E402
-from asyncgate.ids import new_id, utcnow  # noqa: E402
+from asyncgate.ids import fingerprint, new_id, utcnow  # noqa: E402
 from asyncgate.ledger import Ledger  # noqa: E402
 from asyncgate.metrics import Metrics  # noqa: E402
 from asyncgate.settings import Identity, Settings  # noqa: E402
@@ -92,10 +93,25 @@ async def claim_params(ledger: Ledger, identity: Identity) -> dict[str, Any]:
     }
 
 
-# How each statement's rows are readied: its parameters for one round of BATCH rows.
-STATEMENTS: dict[str, Callable[[Ledger, Identity], Awaitable[dict[str, Any]]]] = {
-    "settle_under_lease": settle_params,
-    "claim_at_once": claim_params,
+async def insert_params(ledger: Ledger, identity: Identity) -> dict[str, Any]:
+    now = utcnow()
+    content = {"type": "bench", "payload": {}, "principal": identity.principal, "priority": 0}
+    rows = [
+        {**content, "tenant": identity.tenant, "task_id": new_id(),
+         "created_by": identity.principal, "idempotency_key": None,
+         "request_hash": fingerprint(content), "obligation_receipt_id": new_id(),
+         "created_at": now}
+        for _ in range(BATCH)
+    ]  # fmt: skip
+    return {"rows": Json(rows)}
+
+
+# How each statement's rows are readied (its parameters for one round of BATCH rows), and how
+# many rows it answers.
+STATEMENTS: dict[str, tuple[Callable[[Ledger, Identity], Awaitable[dict[str, Any]]], int]] = {
+    "settle_under_lease": (settle_params, BATCH),
+    "claim_at_once": (claim_params, BATCH),
+    "insert_tasks": (insert_params, 1),  # one wake-up hint for the tenant
 }
 
 
@@ -117,18 +133,19 @@ async def measure(
         ledger = Ledger(dialect, Settings(), Metrics(), emit)
         identity = Identity("bench", "service:bench")
         per_row: dict[str, list[float]] = {label: [] for label, _ in variants}
+        readier, answers = STATEMENTS[statement]
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             set_json_dumps(orjson.dumps, conn)
             pid = conn.info.backend_pid
             for round_ in range(rounds):
                 turn = round_ % len(variants)
                 for label, sql in variants[turn:] + variants[:turn]:
-                    params = await STATEMENTS[statement](ledger, identity)
+                    params = await readier(ledger, identity)
                     before = backend_cpu_ns(pid)
                     cursor = await conn.execute(sql, params)
                     written = await cursor.fetchall()
                     spent = backend_cpu_ns(pid) - before
-                    assert len(written) == BATCH, f"{label}: {len(written)} rows of {BATCH}"
+                    assert len(written) == answers, f"{label}: {len(written)} rows of {answers}"
                     if round_ >= WARM_UP_ROUNDS:
                         per_row[label].append(spent / BATCH / 1000)
                 print(f"[statement_cpu] round {round_ + 1}/{rounds}", file=sys.stderr)

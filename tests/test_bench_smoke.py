@@ -77,3 +77,11 @@ def test_statement_bench_reports_this_tree_beside_a_revision():
     lines = [line.split() for line in output.splitlines() if " us  (" in line]
     assert [line[0] for line in lines] == ["HEAD", "this"], output
     assert all(float(line[-3]) > 0 for line in lines), output
+
+
+def test_schema_bench_reports_this_tree_beside_a_variant():
+    index = "CREATE INDEX tasks_by_age ON tasks (tenant, created_at, task_id)"
+    output = run_bench("schema_cpu.py", "--rounds", "13", "--variant", f"with tasks_by_age={index}")
+    lines = [line.rsplit(None, 3) for line in output.splitlines() if " us  (" in line]
+    assert [line[0].strip() for line in lines] == ["with tasks_by_age", "this tree"], output
+    assert all(float(line[1]) > 0 for line in lines), output

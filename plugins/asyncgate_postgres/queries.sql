@@ -61,16 +61,16 @@ SELECT (NULL::tasks).*,
              WHERE p.tenant = %(tenant)s AND p.receipt_id = ANY(%(ids)s::uuid[]));
 
 -- list_tasks --
--- A page of tasks in (created_at, task_id) order; state is the lazily evaluated state.
+-- A page of tasks in task_id order, which is creation order (task ids are UUIDv7, made by
+-- AsyncGate), through the primary key; state is the lazily evaluated state.
 SELECT * FROM tasks
 WHERE tenant = %(tenant)s
   AND (%(type)s::text IS NULL OR type = %(type)s::text)
   AND (%(state)s::text IS NULL OR
        (CASE WHEN state = 'ACTIVE' AND lease_expires_at <= %(now)s::timestamptz
              THEN 'PENDING' ELSE state END) = %(state)s::text)
-  AND (%(after_created_at)s::timestamptz IS NULL
-       OR (created_at, task_id) > (%(after_created_at)s::timestamptz, %(after_id)s::uuid))
-ORDER BY created_at, task_id
+  AND (%(after_id)s::uuid IS NULL OR task_id > %(after_id)s::uuid)
+ORDER BY task_id
 LIMIT %(limit)s;
 
 -- claim_candidates --

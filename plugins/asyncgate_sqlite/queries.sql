@@ -40,14 +40,15 @@ SELECT t.*,
 FROM (SELECT 1) AS one LEFT JOIN tasks t ON 0;
 
 -- list_tasks --
--- A page of tasks in (created_at, task_id) order; state is the lazily evaluated state.
+-- A page of tasks in task_id order, which is creation order (task ids are UUIDv7, made by
+-- AsyncGate), through the primary key; state is the lazily evaluated state.
 SELECT * FROM tasks
 WHERE tenant = :tenant
   AND (:type IS NULL OR type = :type)
   AND (:state IS NULL OR
        (CASE WHEN state = 'ACTIVE' AND lease_expires_at <= :now THEN 'PENDING' ELSE state END) = :state)
-  AND (:after_created_at IS NULL OR (created_at, task_id) > (:after_created_at, :after_id))
-ORDER BY created_at, task_id
+  AND (:after_id IS NULL OR task_id > :after_id)
+ORDER BY task_id
 LIMIT :limit;
 
 -- claim_candidates --
