@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from asyncgate import leases, receipts
+from asyncgate import leases, receipts, termination
 from asyncgate.coalesce import Coalescer
 from asyncgate.errors import conflict, invalid, not_found
 from asyncgate.ids import fingerprint, new_id, utcnow
@@ -65,6 +65,12 @@ class Ledger:
         self._joined_counts = {
             kind: metrics.joined_requests.labels(kind)
             for kind in ("create", "claim", "append", "settle")
+        }
+        # Each child looked up once (labels() validates and locks on every call); clients
+        # write only these types.
+        self._written_counts = {
+            receipt_type: metrics.receipts_written.labels(receipt_type)
+            for receipt_type in termination.CLIENT_TYPES
         }
 
     async def _in_transaction(self, work: Callable[[Tx, datetime], Awaitable[Any]]) -> Any:
@@ -379,11 +385,14 @@ class Ledger:
         if results is None:
             results = await self._in_transaction(work)
         anomalies = [a for result in results if not result.replayed for a in result.anomalies]
-        # One increment per type, not per receipt: a batch is mostly of one type, and each
-        # labels() call costs a lock and a lookup.
-        written = Counter(result.receipt["type"] for result in results if not result.replayed)
+        # One increment per type, not per receipt: a batch is mostly of one type.
+        written: dict[str, int] = {}
+        for result in results:
+            if not result.replayed:
+                receipt_type = result.receipt["type"]
+                written[receipt_type] = written.get(receipt_type, 0) + 1
         for receipt_type, count in written.items():
-            self.metrics.receipts_written.labels(receipt_type).inc(count)
+            self._written_counts[receipt_type].inc(count)
         if anomalies:
             await self.emit(anomalies, identity.tenant)
         return results

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -181,6 +182,7 @@ def settle_row(identity: Identity, spec: dict[str, Any]) -> Row | None:
 # (to_principal, terminated_obligation): enough to tell apart two rows with one receipt_id, of
 # which the statement wrote one.
 WRITTEN_KEY = ("tenant", "receipt_id", "content_hash", "from_principal")
+_written_key = itemgetter(*WRITTEN_KEY)
 
 
 def merge_written(sent: list[Row], returned: list[Row], now: datetime) -> list[Row | None]:
@@ -190,11 +192,11 @@ def merge_written(sent: list[Row], returned: list[Row], now: datetime) -> list[R
     column for the driver to parse back into what the request already holds: the rest, and
     ``created_at`` (the statement's ``now``), come from the row sent.
     """
-    by_key = {tuple(row[name] for name in WRITTEN_KEY): row for row in returned}
+    by_key = {_written_key(row): row for row in returned}
     merged: list[Row | None] = []
     for row in sent:
         # Popped, so that of two rows with one key only the first gets the row written.
-        stored = by_key.pop(tuple(row[name] for name in WRITTEN_KEY), None)
+        stored = by_key.pop(_written_key(row), None)
         merged.append(None if stored is None else {**row, **stored, "created_at": now})
     return merged
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 OBLIGATION = "task.assigned"
 ANOMALY_PREFIX = "system.anomaly."
@@ -60,8 +60,10 @@ def is_locatable(artifacts: Sequence[Any] | None, delivery_proof: Mapping[str, A
     return bool(artifacts) or bool(delivery_proof)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """Immutable, as a frozen dataclass would be, for half its construction cost: one
+    is made per receipt written."""
+
     parent_receipt_ids: list[str]
     stripped_parent_receipt_ids: list[str]
     # Whether the receipt closes the open obligations among its parents.

@@ -33,7 +33,14 @@ sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from asyncgate_postgres import PostgresDialect, conninfo_from_url  # noqa: E402
-from statement_cpu import BATCH, WARM_UP_ROUNDS, backend_cpu_ns, create_batch, success  # noqa: E402
+from statement_cpu import (  # noqa: E402
+    BATCH,
+    WARM_UP_ROUNDS,
+    backend_cpu_ns,
+    create_batch,
+    parse_with_rounds,
+    success,
+)
 
 from asyncgate.ledger import Ledger  # noqa: E402
 from asyncgate.metrics import Metrics  # noqa: E402
@@ -123,14 +130,7 @@ def main() -> int:
         "--variant", action="append", default=[], type=parse_variant, metavar="LABEL=SQL",
         help="a schema variant: SQL run after this tree's migrations (repeatable)",
     )  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=44, help="rounds, 12 of warm-up included")
-    parser.add_argument(
-        "--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
-        help="a database to create the throwaway ones from",
-    )  # fmt: skip
-    args = parser.parse_args()
-    if args.rounds <= WARM_UP_ROUNDS:
-        parser.error(f"--rounds must be more than the {WARM_UP_ROUNDS} of warm-up")
+    args = parse_with_rounds(parser)
     asyncio.run(measure(args.pg_admin_url, [*args.variant, ("this tree", None)], args.rounds))
     return 0
 

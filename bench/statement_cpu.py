@@ -171,6 +171,21 @@ def success(grant: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def parse_with_rounds(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments, with the rounds and the admin database every such bench takes."""
+    parser.add_argument(
+        "--rounds", type=int, default=44, help=f"rounds, {WARM_UP_ROUNDS} of warm-up included"
+    )
+    parser.add_argument(
+        "--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="a database to create the throwaway ones from",
+    )  # fmt: skip
+    args = parser.parse_args()
+    if args.rounds <= WARM_UP_ROUNDS:
+        parser.error(f"--rounds must be more than the {WARM_UP_ROUNDS} of warm-up")
+    return args
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -181,14 +196,7 @@ def main() -> int:
         "--against", action="append", default=[], metavar="REV",
         help="a git revision whose statement to measure too (repeatable)",
     )  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=44, help="rounds, 12 of warm-up included")
-    parser.add_argument(
-        "--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
-        help="a database to create the throwaway one from",
-    )  # fmt: skip
-    args = parser.parse_args()
-    if args.rounds <= WARM_UP_ROUNDS:
-        parser.error(f"--rounds must be more than the {WARM_UP_ROUNDS} of warm-up")
+    args = parse_with_rounds(parser)
     variants = [(revision, statement_at(revision, args.statement)) for revision in args.against]
     variants.append(("this tree", QUERIES[args.statement]))
     asyncio.run(measure(args.pg_admin_url, args.statement, variants, args.rounds))

@@ -573,3 +573,33 @@ def test_one_unwritable_success_in_a_batch_writes_none_of_them(client, broken, s
         assert after["state"] == "ACTIVE"
         ledger = client.get(f"/v1/receipts?task_id={task['task_id']}").json
         assert [r["type"] for r in ledger] == ["task.assigned"]
+
+
+def written_counts(client):
+    """asyncgate_receipts_written_total by type, as /v1/metrics shows it."""
+    counts = {}
+    for line in client.get("/v1/metrics").text.splitlines():
+        if line.startswith("asyncgate_receipts_written_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counts[labels.split('type="', 1)[1].split('"', 1)[0]] = float(value)
+    return counts
+
+
+def test_written_receipts_are_counted_by_type_once_each_and_replays_not_at_all(client):
+    before = written_counts(client)
+    task, grant = started_task(client)
+    progress = {"type": "task.progress", "task_id": task["task_id"], "lease_id": grant["lease_id"]}
+    assert client.receipt(**progress).status_code == 201
+    failure = {
+        "type": "task.failure", "task_id": task["task_id"], "receipt_id": str(uuid.uuid4()),
+        "parent_receipt_ids": [task["obligation_receipt_id"]],
+    }  # fmt: skip
+    batch = {"receipts": [progress, {**progress, "body": {"pct": 9}}, failure]}
+    assert client.post("/v1/receipts/batch", json=batch).status_code == 201
+    assert client.receipt(**failure).status_code == 200  # a replay: nothing new is written
+    after = written_counts(client)
+    grown = {kind: after[kind] - before.get(kind, 0.0) for kind in after}
+    assert grown == {
+        "task.started": 0.0, "task.progress": 3.0, "task.success": 0.0,
+        "task.failure": 1.0, "task.cancelled": 0.0,
+    }  # fmt: skip
