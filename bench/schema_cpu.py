@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import uuid
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from statement_cpu import (  # noqa: E402
     backend_cpu_ns,
     create_batch,
     parse_with_rounds,
+    report,
     success,
 )
 
@@ -102,10 +102,7 @@ async def measure(admin_url: str, variants: list[tuple[str, str | None]], rounds
                     if round_ >= WARM_UP_ROUNDS:
                         per_cycle[variant.label].append(spent / BATCH / 1000)
                 print(f"[schema_cpu] round {round_ + 1}/{rounds}", file=sys.stderr)
-        print(f"\nPostgreSQL CPU per batched life cycle ({BATCH} per call), median of "
-              f"{rounds - WARM_UP_ROUNDS} rounds (min)")  # fmt: skip
-        for label, values in per_cycle.items():
-            print(f"  {label:<24} {statistics.median(values):6.1f} us  ({min(values):.1f})")
+        report(f"PostgreSQL CPU per batched life cycle ({BATCH} per call)", per_cycle)
     finally:
         for variant in opened:
             await variant.dialect.close()

@@ -149,10 +149,7 @@ async def measure(
                     if round_ >= WARM_UP_ROUNDS:
                         per_row[label].append(spent / BATCH / 1000)
                 print(f"[statement_cpu] round {round_ + 1}/{rounds}", file=sys.stderr)
-        print(f"\nPostgreSQL CPU per row of {statement}, {BATCH} rows per statement, median of "
-              f"{rounds - WARM_UP_ROUNDS} rounds (min)")  # fmt: skip
-        for label, values in per_row.items():
-            print(f"  {label:<24} {statistics.median(values):6.1f} us  ({min(values):.1f})")
+        report(f"PostgreSQL CPU per row of {statement}, {BATCH} rows per statement", per_row)
     finally:
         await dialect.close()
         with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -169,6 +166,14 @@ def success(grant: dict[str, Any]) -> dict[str, Any]:
         "artifacts": [{"uri": "s3://bench/result.json"}],
         "delivery_proof": None,
     }
+
+
+def report(what: str, measured: dict[str, list[float]]) -> None:
+    """Each variant's median and minimum (microseconds) over the measured rounds."""
+    rounds = len(next(iter(measured.values())))
+    print(f"\n{what}, median of {rounds} rounds (min)")
+    for label, values in measured.items():
+        print(f"  {label:<24} {statistics.median(values):6.1f} us  ({min(values):.1f})")
 
 
 def parse_with_rounds(parser: argparse.ArgumentParser) -> argparse.Namespace:
