@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from conftest import follow_pages
+from prometheus_client.parser import text_string_to_metric_families
 
 ARTIFACT = {"uri": "s3://results/1.json", "media_type": "application/json", "size_bytes": 12}
 
@@ -577,12 +578,12 @@ def test_one_unwritable_success_in_a_batch_writes_none_of_them(client, broken, s
 
 def written_counts(client):
     """asyncgate_receipts_written_total by type, as /v1/metrics shows it."""
-    counts = {}
-    for line in client.get("/v1/metrics").text.splitlines():
-        if line.startswith("asyncgate_receipts_written_total{"):
-            labels, value = line.rsplit(" ", 1)
-            counts[labels.split('type="', 1)[1].split('"', 1)[0]] = float(value)
-    return counts
+    return {
+        sample.labels["type"]: sample.value
+        for family in text_string_to_metric_families(client.get("/v1/metrics").text)
+        for sample in family.samples
+        if sample.name == "asyncgate_receipts_written_total"
+    }
 
 
 def test_written_receipts_are_counted_by_type_once_each_and_replays_not_at_all(client):
