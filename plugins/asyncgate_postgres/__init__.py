@@ -37,9 +37,11 @@ from asyncgate.storage import (
     load_queries,
     migration_files,
 )
+from asyncgate_postgres.direct import DirectStatements
 from asyncgate_postgres.listener import Listener
 
 QUERIES = load_queries(Path(__file__).with_name("queries.sql"))
+DIRECT = DirectStatements(QUERIES)
 MIGRATIONS = PROJECT_ROOT / "migrations" / "postgres"
 SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+asyncpg")
 # Every `asyncgate migrate` (and every instance migrating at startup) queues on this lock.
@@ -239,6 +241,20 @@ class PostgresTx:
         # As ``many``: one statement, whatever the number of rows.
         cursor = await self.conn.execute(QUERIES[query], {"rows": Json(rows), **to_db(params)})
         return await cursor.fetchall()
+
+
+class AutocommitTx(PostgresTx):
+    """Each statement its own transaction; the rows-at-once writes (every joined write among
+    them) go past psycopg's cursor (see direct.py)."""
+
+    async def many(self, query: str, rows: Sequence[Mapping[str, Any]], **params: Any) -> None:
+        if rows:
+            await DIRECT.execute(self.conn, query, {"rows": Json(rows), **to_db(params)})
+
+    async def many_returning(
+        self, query: str, rows: Sequence[Mapping[str, Any]], **params: Any
+    ) -> list[Row]:
+        return await DIRECT.execute(self.conn, query, {"rows": Json(rows), **to_db(params)})
 
 
 class _Borrowed:
@@ -469,7 +485,7 @@ class PostgresDialect:
     async def autocommit(self) -> AsyncIterator[PostgresTx]:
         # Pooled connections are in autocommit mode: each statement is its own transaction.
         async with self._connection() as conn:
-            yield PostgresTx(conn)
+            yield AutocommitTx(conn)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[PostgresTx]:
