@@ -107,7 +107,9 @@ class DirectStatements:
             )
         columns = statement.columns
         transformer.set_pgresult(result)
-        return transformer.load_rows(0, result.ntuples, lambda row: dict(zip(columns, row)))
+        return transformer.load_rows(
+            0, result.ntuples, lambda row: dict(zip(columns, row, strict=True))
+        )
 
     @staticmethod
     def _raise_for(conn: psycopg.AsyncConnection[Any], results: list[pq.abc.PGresult]) -> None:
