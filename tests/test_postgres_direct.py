@@ -1,0 +1,121 @@
+"""The joined writes' own path to libpq (asyncgate_postgres/direct.py): the same rows as
+psycopg's cursor, prepared statements that survive psycopg's DEALLOCATE ALL, errors raised as
+psycopg raises them, and a connection closed when a statement is interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import psycopg.errors
+import pytest
+from asyncgate_postgres import PostgresDialect, conninfo_from_url
+from asyncgate_postgres.direct import DirectStatements, Statement
+from psycopg.types.json import Json
+
+QUERIES = {
+    "echo": (
+        "SELECT %(id)s::uuid AS id, %(at)s::timestamptz AS at, %(n)s::int AS n,"
+        " %(n)s::int + 1 AS next, r.label, r.doc"
+        " FROM json_to_recordset(%(rows)s::json) AS r(label text, doc jsonb) ORDER BY r.label"
+    ),
+    "insert": "INSERT INTO direct_probe (key) SELECT key FROM unnest(%(keys)s::text[]) AS key",
+    "sleep": "SELECT pg_sleep(%(seconds)s::float8) AS slept",
+}
+
+
+@pytest.fixture
+async def conn(pg_database: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    # A pooled connection, configured as the service configures its own.
+    dialect = PostgresDialect(conninfo_from_url(pg_database), 1, 2)
+    await dialect.open()
+    try:
+        async with dialect._connection() as connection:
+            yield connection
+    finally:
+        await dialect.close()
+
+
+def params() -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "at": datetime(2026, 11, 30, 12, 0, 1, 250000, tzinfo=UTC),
+        "n": 41,
+        "rows": Json([{"label": "b", "doc": {"k": [1, 2]}}, {"label": "a", "doc": None}]),
+    }
+
+
+def test_placeholders_are_numbered_once_each() -> None:
+    statement = Statement("SELECT %(a)s, %(b)s, %(a)s")
+    assert statement.sql == b"SELECT $1, $2, $1"
+    assert statement.names == ("a", "b")
+
+
+@pytest.mark.anyio
+async def test_rows_come_back_as_psycopgs_cursor_returns_them(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    direct = DirectStatements(QUERIES)
+    given = params()
+    through_cursor = await (await conn.execute(QUERIES["echo"], given)).fetchall()
+    assert await direct.execute(conn, "echo", given) == through_cursor
+    assert through_cursor[0] == {
+        "id": given["id"],  # uuid loads as str on the service's connections
+        "at": given["at"],
+        "n": 41,
+        "next": 42,
+        "label": "a",
+        "doc": None,
+    }
+    assert through_cursor[1]["doc"] == {"k": [1, 2]}
+
+
+@pytest.mark.anyio
+async def test_a_statement_is_prepared_once_and_again_after_deallocate_all(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    direct = DirectStatements(QUERIES)
+    for _ in range(3):
+        await direct.execute(conn, "echo", params())
+    prepared = await (
+        await conn.execute("SELECT count(*) AS n FROM pg_prepared_statements")
+    ).fetchone()
+    assert prepared is not None and prepared["n"] == 1
+    # What psycopg sends after a rollback on a connection where it prepared statements.
+    await conn.execute("DEALLOCATE ALL")
+    assert (await direct.execute(conn, "echo", params()))[0]["n"] == 41
+
+
+@pytest.mark.anyio
+async def test_an_error_is_psycopgs_and_leaves_the_connection_usable(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    await conn.execute("CREATE TEMPORARY TABLE direct_probe (key text PRIMARY KEY)")
+    direct = DirectStatements(QUERIES)
+    assert await direct.execute(conn, "insert", {"keys": ["x"]}) == []
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await direct.execute(conn, "insert", {"keys": ["y", "x"]})
+    assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    await direct.execute(conn, "insert", {"keys": ["y"]})
+    keys = await (await conn.execute("SELECT key FROM direct_probe ORDER BY key")).fetchall()
+    assert [row["key"] for row in keys] == ["x", "y"]
+
+
+@pytest.mark.anyio
+async def test_an_interrupted_statement_closes_its_connection(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    direct = DirectStatements(QUERIES)
+    sleeping = asyncio.ensure_future(direct.execute(conn, "sleep", {"seconds": 5}))
+    await asyncio.sleep(0.2)
+    sleeping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleeping
+    # Its state is unknown, so the pool must discard it rather than lend it again.
+    assert conn.closed
+    with pytest.raises(psycopg.OperationalError):
+        await direct.execute(conn, "echo", params())
