@@ -243,9 +243,9 @@ class PostgresTx:
         return await cursor.fetchall()
 
 
-class DirectTx(PostgresTx):
-    """The rows-at-once writes (every joined write among them) go past psycopg's cursor (see
-    direct.py); the rest through psycopg."""
+class AutocommitTx(PostgresTx):
+    """Each statement its own transaction; the rows-at-once writes (every joined write among
+    them) go past psycopg's cursor (see direct.py)."""
 
     async def many(self, query: str, rows: Sequence[Mapping[str, Any]], **params: Any) -> None:
         if rows:
@@ -485,22 +485,7 @@ class PostgresDialect:
     async def autocommit(self) -> AsyncIterator[PostgresTx]:
         # Pooled connections are in autocommit mode: each statement is its own transaction.
         async with self._connection() as conn:
-            yield DirectTx(conn)
-
-    @asynccontextmanager
-    async def checked_write(self) -> AsyncIterator[PostgresTx]:
-        # BEGIN, the statement and COMMIT go through direct.py: three short round trips for
-        # far less Python than psycopg's pipelined transaction.
-        async with self._connection() as conn:
-            await DIRECT.command(conn, b"BEGIN")
-            try:
-                yield DirectTx(conn)
-            except BaseException:
-                if not conn.closed:
-                    with contextlib.suppress(psycopg.Error):
-                        await DIRECT.command(conn, b"ROLLBACK")
-                raise
-            await DIRECT.command(conn, b"COMMIT")
+            yield AutocommitTx(conn)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[PostgresTx]:
