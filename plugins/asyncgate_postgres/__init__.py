@@ -324,6 +324,16 @@ class _Borrowed:
             raise mapped from exc
 
 
+class _Autocommit(_Borrowed):
+    """``async with dialect.autocommit() as tx``: every joined write enters one, so it is a
+    class, as ``_Borrowed`` is, not an @asynccontextmanager generator."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> AutocommitTx:
+        return AutocommitTx(await super().__aenter__())
+
+
 class PostgresDialect:
     name = "postgres"
     # Each saves a transaction's worth of round trips and statements on a hot path.
@@ -481,11 +491,9 @@ class PostgresDialect:
         async with self._connection() as conn, _pipelined(conn, "BEGIN"):
             yield PostgresTx(conn)
 
-    @asynccontextmanager
-    async def autocommit(self) -> AsyncIterator[PostgresTx]:
+    def autocommit(self) -> _Autocommit:
         # Pooled connections are in autocommit mode: each statement is its own transaction.
-        async with self._connection() as conn:
-            yield AutocommitTx(conn)
+        return _Autocommit(self, POOL_TIMEOUT)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[PostgresTx]:
