@@ -417,7 +417,7 @@ class Ledger:
         answers for the batch as a whole."""
         now = utcnow()
         try:
-            async with self.dialect.transaction() as tx:
+            async with self.dialect.checked_write() as tx:
                 written = await tx.many_returning("settle_under_lease", rows, now=now)
                 merged = receipts.merge_written(rows, written, now)
                 if None in merged:

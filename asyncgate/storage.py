@@ -115,6 +115,12 @@ class Dialect(Protocol):
         """Each statement commits on its own: for writes that are one statement."""
         ...
 
+    def checked_write(self) -> AbstractAsyncContextManager[Tx]:
+        """A transaction for one write whose result the caller checks before it commits
+        (raising in the block rolls it back); a dialect may run it more cheaply than
+        ``transaction``, whose statements may be many."""
+        ...
+
     def snapshot(self) -> AbstractAsyncContextManager[Tx]:
         """A read-only transaction."""
         ...

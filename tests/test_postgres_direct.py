@@ -119,3 +119,27 @@ async def test_an_interrupted_statement_closes_its_connection(
     assert conn.closed
     with pytest.raises(psycopg.OperationalError):
         await direct.execute(conn, "echo", params())
+
+
+@pytest.mark.anyio
+async def test_checked_write_commits_on_exit_and_rolls_back_on_raise(pg_database: str) -> None:
+    dialect = PostgresDialect(conninfo_from_url(pg_database), 1, 2)
+    await dialect.open()
+    table = f"checked_{uuid.uuid4().hex[:8]}"
+    try:
+        async with dialect.autocommit() as tx:
+            await tx.conn.execute(f"CREATE TABLE {table} (key text)")
+        with pytest.raises(LookupError):
+            async with dialect.checked_write() as tx:
+                await tx.conn.execute(f"INSERT INTO {table} VALUES ('refused')")
+                raise LookupError("the caller refuses what it wrote")
+        async with dialect.checked_write() as tx:
+            await tx.conn.execute(f"INSERT INTO {table} VALUES ('kept')")
+        async with dialect.autocommit() as tx:
+            rows = await (await tx.conn.execute(f"SELECT key FROM {table}")).fetchall()
+            assert [row["key"] for row in rows] == ["kept"]
+            assert tx.conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    finally:
+        async with dialect.autocommit() as tx:
+            await tx.conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await dialect.close()

@@ -243,9 +243,9 @@ class PostgresTx:
         return await cursor.fetchall()
 
 
-class AutocommitTx(PostgresTx):
-    """Each statement its own transaction; the rows-at-once writes (every joined write among
-    them) go past psycopg's cursor (see direct.py)."""
+class DirectTx(PostgresTx):
+    """The rows-at-once writes (every joined write among them) go past psycopg's cursor (see
+    direct.py); the rest through psycopg."""
 
     async def many(self, query: str, rows: Sequence[Mapping[str, Any]], **params: Any) -> None:
         if rows:
@@ -330,8 +330,8 @@ class _Autocommit(_Borrowed):
 
     __slots__ = ()
 
-    async def __aenter__(self) -> AutocommitTx:
-        return AutocommitTx(await super().__aenter__())
+    async def __aenter__(self) -> DirectTx:
+        return DirectTx(await super().__aenter__())
 
 
 class PostgresDialect:
@@ -494,6 +494,21 @@ class PostgresDialect:
     def autocommit(self) -> _Autocommit:
         # Pooled connections are in autocommit mode: each statement is its own transaction.
         return _Autocommit(self, POOL_TIMEOUT)
+
+    @asynccontextmanager
+    async def checked_write(self) -> AsyncIterator[PostgresTx]:
+        # BEGIN, the statement and COMMIT go through direct.py: three short round trips for
+        # less Python than psycopg's pipelined transaction.
+        async with self._connection() as conn:
+            await DIRECT.command(conn, b"BEGIN")
+            try:
+                yield DirectTx(conn)
+            except BaseException:
+                if not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        await DIRECT.command(conn, b"ROLLBACK")
+                raise
+            await DIRECT.command(conn, b"COMMIT")
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[PostgresTx]:

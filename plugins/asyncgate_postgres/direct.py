@@ -111,6 +111,13 @@ class DirectStatements:
             0, result.ntuples, lambda row: dict(zip(columns, row, strict=True))
         )
 
+    async def command(self, conn: psycopg.AsyncConnection[Any], sql: bytes) -> None:
+        """Run a statement with no parameters and no rows (BEGIN, COMMIT, ROLLBACK)."""
+        if conn.pgconn.status != _OK:
+            raise psycopg.OperationalError("the connection is lost")
+        conn.pgconn.send_query(sql)
+        self._raise_for(conn, await _results(conn))
+
     @staticmethod
     def _raise_for(conn: psycopg.AsyncConnection[Any], results: list[pq.abc.PGresult]) -> None:
         for result in results:

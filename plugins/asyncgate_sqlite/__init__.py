@@ -235,6 +235,9 @@ class SQLiteDialect:
         # SQLite's transactions cost no round trip: one statement gets the same write lock.
         return self.transaction()
 
+    def checked_write(self) -> AbstractAsyncContextManager[SQLiteTx]:
+        return self.transaction()
+
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[SQLiteTx]:
         await self.open()
