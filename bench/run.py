@@ -134,7 +134,11 @@ def start_profiler(pid: int, output: str) -> subprocess.Popen:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="environment: BENCH_LOG=INFO shows the server's log lines; BENCH_POOL_MIN and"
+        " BENCH_POOL_MAX size its PostgreSQL pool (default 4 and 20)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (default 1)")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
