@@ -17,6 +17,10 @@ from asyncgate_postgres import PostgresDialect, conninfo_from_url
 from asyncgate_postgres.direct import DirectStatements, Statement
 from psycopg.types.json import Json
 
+from asyncgate.ledger import Ledger
+from asyncgate.metrics import Metrics
+from asyncgate.settings import Identity, Settings
+
 QUERIES = {
     "echo": (
         "SELECT %(id)s::uuid AS id, %(at)s::timestamptz AS at, %(n)s::int AS n,"
@@ -143,3 +147,71 @@ async def test_checked_write_commits_on_exit_and_rolls_back_on_raise(pg_database
         async with dialect.autocommit() as tx:
             await tx.conn.execute(f"DROP TABLE IF EXISTS {table}")
         await dialect.close()
+
+
+@pytest.mark.anyio
+async def test_a_statement_deallocated_inside_a_transaction_fails_it_and_is_prepared_again(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    direct = DirectStatements(QUERIES)
+    await direct.execute(conn, "echo", params())
+    await conn.execute("DEALLOCATE ALL")
+    await direct.command(conn, b"BEGIN")
+    # The error aborted the transaction: running the statement again inside it cannot work.
+    with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+        await direct.execute(conn, "echo", params())
+    await direct.command(conn, b"ROLLBACK")
+    assert (await direct.execute(conn, "echo", params()))[0]["n"] == 41
+
+
+@pytest.mark.anyio
+async def test_a_batch_settle_whose_statement_was_deallocated_falls_back(
+    pg_database: str,
+) -> None:
+    # One connection, so the statement deallocated is the one the batch will use.
+    dialect = PostgresDialect(conninfo_from_url(pg_database), 1, 1)
+    await dialect.open()
+    await dialect.migrate()
+
+    async def emit(anomalies: list[dict[str, Any]], tenant: str) -> None:
+        return None
+
+    ledger = Ledger(dialect, Settings(), Metrics(), emit)
+    identity = Identity(f"direct-{uuid.uuid4().hex[:10]}", "service:direct")
+    try:
+        first = await settle_rows(ledger, identity)
+        assert await ledger._settle_all_or_none(first) is not None  # prepares the statement
+        second = await settle_rows(ledger, identity)
+        async with dialect.autocommit() as tx:
+            await tx.conn.execute("DEALLOCATE ALL")
+        # TransientConflict inside checked_write: nothing written, the general path answers.
+        assert await ledger._settle_all_or_none(second) is None
+        for row in second:
+            task = await ledger.get_task(identity, row["task_id"])
+            assert task["state"] == "ACTIVE"
+        assert await ledger._settle_all_or_none(second) is not None
+    finally:
+        await dialect.close()
+
+
+async def settle_rows(ledger: Ledger, identity: Identity) -> list[dict[str, Any]]:
+    """Two leased tasks' successes as rows of the batch settle statement."""
+    task_type = f"t-{uuid.uuid4().hex[:8]}"
+    spec = {"type": task_type, "payload": {}, "priority": 0}
+    await ledger.create_tasks(identity, [dict(spec), dict(spec)], batch=True)
+    grants = await ledger.claim(identity, "worker:w", [task_type], 2, 60, 0)
+    batch = [
+        {
+            "type": "task.success",
+            "task_id": grant["task"]["task_id"],
+            "lease_id": grant["lease_id"],
+            "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
+            "body": {},
+            "artifacts": [{"uri": "s3://bucket/result.json"}],
+            "delivery_proof": None,
+        }
+        for grant in grants
+    ]
+    rows = ledger._settle_rows(identity, batch)
+    assert rows is not None and len(rows) == 2
+    return rows

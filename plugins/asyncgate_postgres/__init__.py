@@ -435,7 +435,13 @@ class PostgresDialect:
         """The storage error that stands for a psycopg or pool error, None for any other."""
         if isinstance(exc, psycopg.errors.UniqueViolation):
             return UniqueViolation(str(exc))
-        if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
+        if isinstance(
+            exc,
+            psycopg.errors.SerializationFailure
+            | psycopg.errors.DeadlockDetected
+            # A prepared statement that psycopg deallocated inside a transaction (direct.py).
+            | psycopg.errors.InvalidSqlStatementName,
+        ):
             return TransientConflict(str(exc))
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolClosed):
             # PoolTimeout is an OperationalError: the pool had no connection to give in time.

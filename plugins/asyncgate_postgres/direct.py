@@ -28,6 +28,7 @@ from psycopg.adapt import PyFormat, Transformer
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 _FATAL = pq.ExecStatus.FATAL_ERROR
 _OK = pq.ConnStatus.OK
+_IDLE = pq.TransactionStatus.IDLE
 
 
 class Statement:
@@ -70,7 +71,8 @@ class DirectStatements:
     async def execute(
         self, conn: psycopg.AsyncConnection[Any], query: str, params: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
-        """Run ``query`` on ``conn`` (idle, in autocommit); its rows as dicts, [] if none."""
+        """Run ``query`` on ``conn`` (idle in autocommit, or in a transaction begun with
+        ``command``); its rows as dicts, [] if none."""
         statement = self._statements[query]
         session = self._sessions.get(conn)
         if session is None:
@@ -94,9 +96,13 @@ class DirectStatements:
             result = (await _results(conn))[-1]
             if result.status == _FATAL:
                 error = psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
-                if isinstance(error, psycopg.errors.InvalidSqlStatementName) and attempt == 1:
+                if isinstance(error, psycopg.errors.InvalidSqlStatementName):
                     session.prepared.clear()  # psycopg deallocated everything
-                    continue
+                    # In autocommit nothing was lost: prepare and run it again. In a
+                    # transaction the error aborted it, so the caller runs it again (the
+                    # dialect maps this error to TransientConflict).
+                    if attempt == 1 and pgconn.transaction_status == _IDLE:
+                        continue
                 raise error
             break
         if not result.ntuples:
