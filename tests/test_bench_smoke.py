@@ -85,3 +85,19 @@ def test_schema_bench_reports_this_tree_beside_a_variant():
     lines = [line.rsplit(None, 3) for line in output.splitlines() if " us  (" in line]
     assert [line[0].strip() for line in lines] == ["with tasks_by_age", "this tree"], output
     assert all(float(line[1]) > 0 for line in lines), output
+
+
+def test_a_goal_figure_never_rounds_across_its_line():
+    sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+    try:
+        import run  # bench/run.py
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "bench"))
+    assert (run.shown("unbatched", 0.2477), run.verdict_of("unbatched", 0.2477)) == (
+        "0.248",
+        "NOT met",
+    )
+    assert (run.shown("unbatched", 0.2533), run.verdict_of("unbatched", 0.2533)) == ("0.25", "met")
+    assert run.shown("batched", 4.98) == "4.98"
+    assert run.shown("batched", 5.04) == "5.0"
+    assert run.shown("bootstrap", 1.503) == "1.503"
