@@ -16,6 +16,7 @@ import pytest
 from asyncgate_postgres import PostgresDialect, conninfo_from_url
 from asyncgate_postgres.direct import DirectStatements, Statement
 from psycopg.types.json import Json
+from test_fast_paths import leased_task, success
 
 from asyncgate.ledger import Ledger
 from asyncgate.metrics import Metrics
@@ -196,22 +197,7 @@ async def test_a_batch_settle_whose_statement_was_deallocated_falls_back(
 
 async def settle_rows(ledger: Ledger, identity: Identity) -> list[dict[str, Any]]:
     """Two leased tasks' successes as rows of the batch settle statement."""
-    task_type = f"t-{uuid.uuid4().hex[:8]}"
-    spec = {"type": task_type, "payload": {}, "priority": 0}
-    await ledger.create_tasks(identity, [dict(spec), dict(spec)], batch=True)
-    grants = await ledger.claim(identity, "worker:w", [task_type], 2, 60, 0)
-    batch = [
-        {
-            "type": "task.success",
-            "task_id": grant["task"]["task_id"],
-            "lease_id": grant["lease_id"],
-            "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
-            "body": {},
-            "artifacts": [{"uri": "s3://bucket/result.json"}],
-            "delivery_proof": None,
-        }
-        for grant in grants
-    ]
+    batch = [success(await leased_task(ledger, identity)) for _ in range(2)]
     rows = ledger._settle_rows(identity, batch)
     assert rows is not None and len(rows) == 2
     return rows

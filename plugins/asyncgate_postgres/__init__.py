@@ -249,7 +249,7 @@ class DirectTx(PostgresTx):
 
     async def many(self, query: str, rows: Sequence[Mapping[str, Any]], **params: Any) -> None:
         if rows:
-            await DIRECT.execute(self.conn, query, {"rows": Json(rows), **to_db(params)})
+            await self.many_returning(query, rows, **params)
 
     async def many_returning(
         self, query: str, rows: Sequence[Mapping[str, Any]], **params: Any

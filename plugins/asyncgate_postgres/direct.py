@@ -82,9 +82,7 @@ class DirectStatements:
             [params[name] for name in statement.names], statement.formats
         )
         key = (query, tuple(transformer.types))
-        pgconn = conn.pgconn
-        if pgconn.status != _OK:
-            raise psycopg.OperationalError("the connection is lost")
+        pgconn = _open(conn)
         for attempt in (1, 2):
             name = session.prepared.get(key)
             if name is None:
@@ -119,9 +117,7 @@ class DirectStatements:
 
     async def command(self, conn: psycopg.AsyncConnection[Any], sql: bytes) -> None:
         """Run a statement with no parameters and no rows (BEGIN, COMMIT, ROLLBACK)."""
-        if conn.pgconn.status != _OK:
-            raise psycopg.OperationalError("the connection is lost")
-        conn.pgconn.send_query(sql)
+        _open(conn).send_query(sql)
         self._raise_for(conn, await _results(conn))
 
     @staticmethod
@@ -129,6 +125,13 @@ class DirectStatements:
         for result in results:
             if result.status == _FATAL:
                 raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+
+
+def _open(conn: psycopg.AsyncConnection[Any]) -> pq.abc.PGconn:
+    """The connection's libpq handle, if it is still open."""
+    if conn.pgconn.status != _OK:
+        raise psycopg.OperationalError("the connection is lost")
+    return conn.pgconn
 
 
 async def _results(conn: psycopg.AsyncConnection[Any]) -> list[pq.abc.PGresult]:
