@@ -96,6 +96,21 @@ async def test_a_statement_is_prepared_once_and_again_after_deallocate_all(
 
 
 @pytest.mark.anyio
+async def test_a_name_is_never_given_twice_on_one_connection(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    direct = DirectStatements({name: f"SELECT '{name}' AS v" for name in "abcd"})
+    await direct.execute(conn, "a", {})
+    await direct.execute(conn, "b", {})
+    await conn.execute("DEALLOCATE ALL")
+    # Prepared after the deallocation, before any statement found its own gone: it lives on
+    # while a and b are prepared again, and d must not take its name.
+    await direct.execute(conn, "c", {})
+    for name in "abdc":
+        assert await direct.execute(conn, name, {}) == [{"v": name}]
+
+
+@pytest.mark.anyio
 async def test_an_error_is_psycopgs_and_leaves_the_connection_usable(
     conn: psycopg.AsyncConnection[Any],
 ) -> None:

@@ -54,11 +54,14 @@ class Statement:
 class _Session:
     """What one connection holds: the statements prepared on it, and its transformer."""
 
-    __slots__ = ("transformer", "prepared")
+    __slots__ = ("transformer", "prepared", "names_given")
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.transformer = Transformer(conn)
         self.prepared: dict[tuple[str, tuple[int, ...]], bytes] = {}
+        # Names are never reused on a connection: after a DEALLOCATE ALL, a statement prepared
+        # before any call found its own gone still holds its name.
+        self.names_given = 0
 
 
 class DirectStatements:
@@ -86,7 +89,8 @@ class DirectStatements:
         for attempt in (1, 2):
             name = session.prepared.get(key)
             if name is None:
-                name = f"asyncgate_{len(session.prepared)}".encode()
+                name = f"asyncgate_{session.names_given}".encode()
+                session.names_given += 1
                 pgconn.send_prepare(name, statement.sql, param_types=transformer.types)
                 self._raise_for(conn, await _results(conn))
                 session.prepared[key] = name
