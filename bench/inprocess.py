@@ -137,7 +137,7 @@ async def measure(
 
 
 async def run(
-    database_url: str, count: int, profile_dir: Path | None
+    database_url: str, count: int, profile_dir: Path | None, concurrency: int = 0
 ) -> list[tuple[str, str, float]]:
     key = secrets.token_urlsafe(24)
     keys_file = Path(tempfile.mkdtemp(prefix="asyncgate-inproc-")) / "keys"
@@ -202,6 +202,9 @@ async def run(
         ("success receipt", "success", await measure("success", count, success, profile_dir))
     )
 
+    if concurrency:
+        results.extend(await joined(expect, concurrency, count))
+
     batches = max(4, count // 100)
 
     # The three batch requests of a life cycle measured apart, each over the same batches.
@@ -241,10 +244,71 @@ async def run(
     return results
 
 
+async def joined(
+    expect: Callable[..., Awaitable[Any]], concurrency: int, count: int
+) -> list[tuple[str, str, float]]:
+    """Receipts and unbatched life cycles from ``concurrency`` clients at once, so requests
+    join as under load (see asyncgate/coalesce.py): CPU per receipt and per life cycle, and
+    their ratio, the in-process counterpart of bench/run.py's goal 2 without HTTP."""
+    await expect(201, "POST", "/v1/tasks/batch", {"tasks": [{"type": "jp"}] * concurrency})
+    grants = await expect(200, "POST", "/v1/leases", {
+        "worker": "w:j", "types": ["jp"], "max_tasks": concurrency,
+    })  # fmt: skip
+    per_client = max(1, count // concurrency)
+
+    async def receipts(grant: dict[str, Any], n: int) -> None:
+        for _ in range(n):
+            await expect(201, "POST", "/v1/receipts", {
+                "type": "task.progress", "task_id": grant["task"]["task_id"],
+                "lease_id": grant["lease_id"], "body": {"percent": 50},
+            })  # fmt: skip
+
+    async def cycles(n: int) -> None:
+        for _ in range(n):
+            await expect(201, "POST", "/v1/tasks", {"type": "jc"})
+            granted: list[dict[str, Any]] = []
+            while not granted:  # concurrent claims may hold every task for a moment
+                granted = await expect(200, "POST", "/v1/leases", {
+                    "worker": "w:j", "types": ["jc"], "ttl_seconds": 600,
+                })  # fmt: skip
+            [grant] = granted
+            await expect(201, "POST", "/v1/receipts", {
+                "type": "task.success", "task_id": grant["task"]["task_id"],
+                "lease_id": grant["lease_id"],
+                "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
+                "artifacts": ARTIFACT,
+            })  # fmt: skip
+
+    async def timed(name: str, work: Callable[[int], list[Awaitable[None]]]) -> float:
+        await asyncio.gather(*work(max(1, per_client // 10)))  # warm
+        database_started = postgres_cpu_seconds()
+        started = time.process_time()
+        await asyncio.gather(*work(per_client))
+        units = per_client * concurrency
+        DATABASE_CPU[name] = (postgres_cpu_seconds() - database_started) / units * 1e6
+        return (time.process_time() - started) / units * 1e6
+
+    receipt = await timed("joined_progress", lambda n: [receipts(g, n) for g in grants])
+    cycle = await timed("joined_cycle", lambda n: [cycles(n) for _ in range(concurrency)])
+    DATABASE_CPU["joined_ratio"] = DATABASE_CPU["joined_cycle"] / DATABASE_CPU["joined_progress"]
+    return [
+        (f"joined progress ({concurrency} at once)", "joined_progress", receipt),
+        (f"joined life cycle ({concurrency} at once)", "joined_cycle", cycle),
+        ("life cycle / progress (x)", "joined_ratio", cycle / receipt),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=2000, help="requests per operation")
     parser.add_argument("--profile", metavar="DIR", help="write a cProfile dump per operation")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time receipts and life cycles from N clients at once, joined as under load",
+    )
     parser.add_argument(
         "--pg-admin-url",
         default=os.environ.get(
@@ -260,13 +324,16 @@ def main() -> int:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         url = args.pg_admin_url.rsplit("/", 1)[0] + "/" + name
-        results = uvloop.run(run(url, args.count, profile_dir))
+        results = uvloop.run(run(url, args.count, profile_dir, args.concurrency))
     finally:
         with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print(f"{'CPU per request':32} {'app':>8}  {'PostgreSQL':>10}")
     for label, name, micros in results:
-        print(f"{label:32} {micros:6,.0f} us  {DATABASE_CPU[name]:7,.0f} us")
+        if name == "joined_ratio":
+            print(f"{label:32} {micros:6.2f} x   {DATABASE_CPU[name]:7.2f} x")
+        else:
+            print(f"{label:32} {micros:6,.0f} us  {DATABASE_CPU[name]:7,.0f} us")
     if profile_dir:
         print(f"profiles: {profile_dir}/<operation>.prof; read with python -m pstats")
     return 0
