@@ -33,14 +33,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from scenarios import (  # noqa: E402  (bench/ is not a package)
     Context,
+    Floor,
+    Ingest,
+    Usage,
+    analyze,
+    batched_life_cycles,
     bootstrap,
     ceiling_cycles,
     contended_claims,
-    floor,
-    ingest,
     joined_requests,
-    life_cycles,
     seed,
+    wrk_cycles,
 )
 
 from asyncgate.http_protocol import JOINED_WRITES_PROTOCOL  # noqa: E402
@@ -142,7 +145,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (default 1)")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per timed phase")
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds per timed phase, in all"
+    )
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=5,
+        help="slices the floor, ingest and unbatched life cycles are timed in, alternating "
+        "(default 5; 1 with --quick)",
+    )
     parser.add_argument(
         "--only",
         default=",".join(PHASES),
@@ -171,8 +183,11 @@ def main() -> int:
     phases = set(args.only.split(","))
     if unknown := phases - set(PHASES):
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    if args.slices < 1:
+        parser.error("--slices must be at least 1")
     if args.quick:
         args.duration = min(args.duration, 1.5)
+        args.slices = 1
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.repeat > 1 and args.profile:
@@ -211,6 +226,7 @@ def one_run(
         keys=keys,
         connections=args.connections,
         duration=args.duration,
+        slices=args.slices,
         quick=args.quick,
         wrk=wrk,
         workdir=workdir,
@@ -243,29 +259,29 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
     history = ctx.size(HISTORY, 500)
     ctx.log(f"history: {history:,} closed tasks of another tenant, with their receipts")
     await seed(ctx, "history", history, False)
-    ctx.log("floor: bare psycopg async single-row INSERTs")
-    floor_rate = await floor(ctx)
+    ctx.log(
+        f"floor, 1. receipt ingest and 2. life cycles (one request each), side by side: "
+        f"{ctx.slices} slices of each"
+    )
+    rates, ingest_errors, before, after = await side_by_side(ctx, phases)
+    floor_rate = rates["floor"]
     rows.append(("floor: psycopg INSERTs/s", f"{floor_rate:,.0f}", "1.00 (reference)"))
 
     ingest_rate = single = None
     if "ingest" in phases:
-        ctx.log("1. receipt ingest (task.progress under a lease) with wrk")
-        before = await joined_requests(ctx)
-        ingest_rate, ingest_errors = await ingest(ctx)
+        ingest_rate = rates["ingest"]
         ratio = ingest_rate / floor_rate
         ctx.goals["ingest"] = ratio
-        rows.append(cpu_row(ctx, "ingest", "1. CPU per receipt"))
-        rows.insert(-1, (
+        rows.append((
             "1. receipt ingest/s",
             f"{ingest_rate:,.0f} ({ingest_errors} non-2xx)",
             f"{shown('ingest', ratio)} x floor; goal >= 0.6: {verdict_of('ingest', ratio)}",
         ))  # fmt: skip
-        rows.append(joined_row(before, await joined_requests(ctx), "1.", ["append"]))
+        rows.append(cpu_row(ctx, "ingest", "1. CPU per receipt"))
+        rows.append(joined_row(before, after, "1.", ["append"]))
 
     if "cycles" in phases:
-        ctx.log("2. life cycles, one request each")
-        before = await joined_requests(ctx)
-        single = await life_cycles(ctx, batched=False)
+        single = rates["cycles"]
         verdict = f"{single / floor_rate:.2f} x floor"
         if ingest_rate:
             vs_ingest = single / ingest_rate
@@ -276,9 +292,7 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
             )
         rows.append(("2. life cycles/s, unbatched", f"{single:,.0f}", verdict))
         rows.append(cpu_row(ctx, "cycles", "2. CPU per life cycle, unbatched"))
-        rows.append(
-            joined_row(before, await joined_requests(ctx), "2.", ["create", "claim", "settle"])
-        )
+        rows.append(joined_row(before, after, "2.", ["create", "claim", "settle"]))
         ctx.log("2. the same life cycles against the HTTP stack alone (bench/ceiling.py)")
         ceiling = await ceiling_cycles(ctx, ctx.extra["serve_ceiling"])
         rows.append((
@@ -293,7 +307,7 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
         ))  # fmt: skip
     if "batched" in phases:
         ctx.log("2. life cycles through the batch endpoints")
-        batched = await life_cycles(ctx, batched=True)
+        batched = await batched_life_cycles(ctx)
         verdict = f"{batched / floor_rate:.2f} x floor"
         if single:
             ctx.goals["batched"] = batched / single
@@ -341,6 +355,64 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
     return rows
 
 
+async def side_by_side(
+    ctx: Context, phases: set[str]
+) -> tuple[dict[str, float], int, dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
+    """The floor, receipt ingest and unbatched life cycles, timed in alternating slices.
+
+    Goals 1 and 2 are ratios between these three rates. Run one after another, each would
+    meet a different machine: a shared machine's speed drifts within seconds, and each phase
+    leaves autovacuum work to the next. In slices, taken in a rotating order, all three share
+    the machine's moods. Returns each rate, ingest's non-2xx answers, and the joined-request
+    counters before and after.
+    """
+    seconds = max(1, round(ctx.duration / ctx.slices))
+    floor = await Floor(ctx).open()
+    ingest = await Ingest(ctx).open() if "ingest" in phases else None
+    await analyze(ctx)
+    done = {"floor": [0, 0.0], "ingest": [0, 0.0], "cycles": [0, 0.0]}
+    usage = {"ingest": Usage(ctx), "cycles": Usage(ctx)}
+    errors = 0
+
+    async def floor_slice() -> None:
+        rows, taken = await floor.run(seconds)
+        done["floor"][0] += rows
+        done["floor"][1] += taken
+
+    async def ingest_slice() -> None:
+        nonlocal errors
+        assert ingest is not None
+        await usage["ingest"].begin()
+        requests, taken, failed = await ingest.run(seconds)
+        await usage["ingest"].end(requests)
+        done["ingest"][0] += requests
+        done["ingest"][1] += taken
+        errors += failed
+
+    async def cycles_slice() -> None:
+        await usage["cycles"].begin()
+        cycles, taken = await wrk_cycles(ctx, ctx.port, seconds)
+        await usage["cycles"].end(cycles)
+        done["cycles"][0] += cycles
+        done["cycles"][1] += taken
+
+    order = [floor_slice]
+    order += [ingest_slice] if ingest else []
+    order += [cycles_slice] if "cycles" in phases else []
+    before = await joined_requests(ctx)
+    try:
+        for index in range(ctx.slices):
+            for run_slice in order[index % len(order) :] + order[: index % len(order)]:
+                await run_slice()
+    finally:
+        await floor.close()
+    after = await joined_requests(ctx)
+    for phase in ("ingest", "cycles"):
+        usage[phase].publish(phase)
+    rates = {name: count / taken for name, (count, taken) in done.items() if taken}
+    return rates, errors, before, after
+
+
 def cpu_row(ctx: Context, phase: str, label: str) -> tuple[str, str, str]:
     """CPU per unit, of the server, of PostgreSQL and of the load generator: unlike a rate, it
     hardly moves with what else the machine runs."""
@@ -382,7 +454,8 @@ def print_table(rows: list[tuple[str, str, str]], args: argparse.Namespace) -> N
     quick = " (quick)" if args.quick else ""
     print_boxed(
         f"AsyncGate benchmark: PostgreSQL, {args.workers} uvicorn worker(s), "
-        f"{args.connections} connections, {args.duration:g} s phases{quick}",
+        f"{args.connections} connections, {args.duration:g} s phases"
+        f" (floor, ingest and life cycles in {args.slices} alternating slices){quick}",
         ["measure", "result", "ratio and goal"],
         [list(row) for row in rows],
     )

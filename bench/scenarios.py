@@ -30,6 +30,7 @@ class Context:
     keys: dict[str, str]
     connections: int
     duration: float
+    slices: int
     quick: bool
     wrk: str
     workdir: Path
@@ -72,37 +73,49 @@ async def for_duration(
 # The floor ----------------------------------------------------------------------------------
 
 
-async def floor(ctx: Context) -> float:
+class Floor:
     """Bare psycopg async: concurrent single-row autocommit INSERTs into an equivalent table."""
-    async with await psycopg.AsyncConnection.connect(ctx.database_url, autocommit=True) as conn:
-        await conn.execute(
-            "CREATE TABLE bench_floor (id uuid PRIMARY KEY, task_id uuid NOT NULL, "
-            "type text NOT NULL, body jsonb NOT NULL, created_at timestamptz NOT NULL)"
-        )
-    conns = [
-        await psycopg.AsyncConnection.connect(ctx.database_url, autocommit=True)
-        for _ in range(ctx.connections)
-    ]
-    deadline = time.perf_counter() + ctx.duration
-    started = time.perf_counter()
-    body = orjson.dumps({"percent": 50}).decode()
 
-    async def insert(conn: psycopg.AsyncConnection) -> int:
-        done = 0
-        task_id = uuid.uuid4()
-        while time.perf_counter() < deadline:
-            await conn.execute(
-                "INSERT INTO bench_floor VALUES (%s, %s, %s, %s::jsonb, now())",
-                (uuid.uuid4(), task_id, "task.progress", body),
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.conns: list[psycopg.AsyncConnection[Any]] = []
+        self.body = orjson.dumps({"percent": 50}).decode()
+
+    async def open(self) -> Floor:
+        ctx = self.ctx
+        async with await psycopg.AsyncConnection.connect(ctx.database_url, autocommit=True) as c:
+            await c.execute(
+                "CREATE TABLE bench_floor (id uuid PRIMARY KEY, task_id uuid NOT NULL, "
+                "type text NOT NULL, body jsonb NOT NULL, created_at timestamptz NOT NULL)"
             )
-            done += 1
-        return done
+        self.conns = [
+            await psycopg.AsyncConnection.connect(ctx.database_url, autocommit=True)
+            for _ in range(ctx.connections)
+        ]
+        return self
 
-    counts = await asyncio.gather(*(insert(conn) for conn in conns))
-    elapsed = time.perf_counter() - started
-    for conn in conns:
-        await conn.close()
-    return sum(counts) / elapsed
+    async def run(self, seconds: float) -> tuple[int, float]:
+        """One slice: (rows inserted, seconds taken)."""
+        deadline = time.perf_counter() + seconds
+        started = time.perf_counter()
+
+        async def insert(conn: psycopg.AsyncConnection[Any]) -> int:
+            done = 0
+            task_id = uuid.uuid4()
+            while time.perf_counter() < deadline:
+                await conn.execute(
+                    "INSERT INTO bench_floor VALUES (%s, %s, %s, %s::jsonb, now())",
+                    (uuid.uuid4(), task_id, "task.progress", self.body),
+                )
+                done += 1
+            return done
+
+        counts = await asyncio.gather(*(insert(conn) for conn in self.conns))
+        return sum(counts), time.perf_counter() - started
+
+    async def close(self) -> None:
+        for conn in self.conns:
+            await conn.close()
 
 
 # 1. Receipt ingest ---------------------------------------------------------------------------
@@ -147,36 +160,47 @@ async def leased_tasks(ctx: Context, tenant: str, count: int, kind: str) -> list
     return grants
 
 
-async def ingest(ctx: Context) -> tuple[float, int]:
-    grants = await leased_tasks(ctx, "ingest", ctx.size(256, 32), "ingest")
-    await analyze(ctx)
-    bodies = [
-        orjson.dumps(
-            {
-                "type": "task.progress",
-                "task_id": g["task"]["task_id"],
-                "lease_id": g["lease_id"],
-                "body": {"percent": 50},
-            }
-        ).decode()
-        for g in grants
-    ]
-    script = ctx.workdir / "ingest.lua"
-    script.write_text(INGEST_LUA % (",".join(f"[[{b}]]" for b in bodies), ctx.keys["ingest"]))
-    usage = await Usage.start(ctx)
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [
-            ctx.wrk, "-t2", f"-c{ctx.connections}", f"-d{max(1, round(ctx.duration))}s",
-            "-s", str(script), f"http://127.0.0.1:{ctx.port}",
-        ],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", result.stdout)
-    total = int(re.search(r"(\d+) requests in", result.stdout).group(1))
-    await usage.record("ingest", total)
-    return rate, int(errors.group(1)) if errors else 0
+class Ingest:
+    """Receipt ingest: wrk posting task.progress receipts under leases, round robin."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.script = ctx.workdir / "ingest.lua"
+
+    async def open(self) -> Ingest:
+        ctx = self.ctx
+        grants = await leased_tasks(ctx, "ingest", ctx.size(256, 32), "ingest")
+        bodies = [
+            orjson.dumps(
+                {
+                    "type": "task.progress",
+                    "task_id": g["task"]["task_id"],
+                    "lease_id": g["lease_id"],
+                    "body": {"percent": 50},
+                }
+            ).decode()
+            for g in grants
+        ]
+        self.script.write_text(
+            INGEST_LUA % (",".join(f"[[{b}]]" for b in bodies), ctx.keys["ingest"])
+        )
+        return self
+
+    async def run(self, seconds: int) -> tuple[int, float, int]:
+        """One slice: (requests, seconds taken, non-2xx answers)."""
+        ctx = self.ctx
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [
+                ctx.wrk, "-t2", f"-c{ctx.connections}", f"-d{seconds}s",
+                "-s", str(self.script), f"http://127.0.0.1:{ctx.port}",
+            ],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout).group(1))
+        errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", result.stdout)
+        total = int(re.search(r"(\d+) requests in", result.stdout).group(1))
+        return total, total / rate if rate else float(seconds), int(errors[1]) if errors else 0
 
 
 # 2. Life cycles ------------------------------------------------------------------------------
@@ -251,7 +275,7 @@ end
 """
 
 
-async def wrk_cycles(ctx: Context, port: int) -> tuple[int, float]:
+async def wrk_cycles(ctx: Context, port: int, seconds: int | None = None) -> tuple[int, float]:
     """Life cycles driven by wrk with two threads, as receipt ingest is, so the load generator
     costs little beside the server: (life cycles, seconds)."""
     script = ctx.workdir / "cycle.lua"
@@ -260,7 +284,8 @@ async def wrk_cycles(ctx: Context, port: int) -> tuple[int, float]:
         subprocess.run,
         [
             ctx.wrk, "-t2", f"-c{ctx.connections}",
-            f"-d{max(1, round(ctx.duration))}s", "-s", str(script), f"http://127.0.0.1:{port}",
+            f"-d{seconds or max(1, round(ctx.duration))}s", "-s", str(script),
+            f"http://127.0.0.1:{port}",
         ],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -269,14 +294,6 @@ async def wrk_cycles(ctx: Context, port: int) -> tuple[int, float]:
     cycles, failures, seconds = int(found[1]), int(found[2]), float(found[3])
     assert failures == 0, f"{failures} life-cycle requests failed:\n{result.stdout}"
     return cycles, seconds
-
-
-async def unbatched_cycles(ctx: Context) -> float:
-    """AsyncGate's life cycles per second, one request each."""
-    usage = await Usage.start(ctx)
-    cycles, seconds = await wrk_cycles(ctx, ctx.port)
-    await usage.record("cycles", cycles)
-    return cycles / seconds
 
 
 async def ceiling_cycles(ctx: Context, start: Callable[[dict[str, str]], Any]) -> float:
@@ -318,11 +335,9 @@ async def batched_cycles(conn: Connection) -> int:
     return len(grants)
 
 
-async def life_cycles(ctx: Context, batched: bool) -> float:
+async def batched_life_cycles(ctx: Context) -> float:
     await analyze(ctx)
-    if batched:
-        return await for_duration(ctx, batched_cycles, "batched")
-    return await unbatched_cycles(ctx)
+    return await for_duration(ctx, batched_cycles, "batched")
 
 
 # 3. Bootstrap --------------------------------------------------------------------------------
@@ -444,31 +459,44 @@ def load_generator_cpu_seconds() -> float:
 
 
 class Usage:
-    """What a timed phase cost per unit, from ``start`` to ``record``: the server's,
-    PostgreSQL's and the load generator's CPU, and PostgreSQL's WAL (flushes, bytes, full-page
-    images)."""
+    """What a timed phase cost per unit: the server's, PostgreSQL's and the load generator's
+    CPU, and PostgreSQL's WAL (flushes, bytes, full-page images), summed over the phase's
+    slices (``begin`` to ``end``) when it runs in several."""
 
-    def __init__(self, ctx: Context, wal: tuple[int, int, int]) -> None:
-        self.ctx, self.wal = ctx, wal
-        self.cpu, self.database_cpu = cpu_seconds(ctx.server_pid), postgres_cpu_seconds()
-        self.load_cpu = load_generator_cpu_seconds()
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.units = 0
+        self.totals = [0.0] * 6
+        self._at: list[float] = []
+
+    async def _now(self) -> list[float]:
+        ctx = self.ctx
+        cpu = [cpu_seconds(ctx.server_pid), postgres_cpu_seconds(), load_generator_cpu_seconds()]
+        return cpu + [float(value) for value in await wal_totals(ctx)]
 
     @classmethod
     async def start(cls, ctx: Context) -> Usage:
-        return cls(ctx, await wal_totals(ctx))
+        usage = cls(ctx)
+        await usage.begin()
+        return usage
+
+    async def begin(self) -> None:
+        self._at = await self._now()
+
+    async def end(self, units: int) -> None:
+        now = await self._now()
+        self.totals = [t + a - b for t, a, b in zip(self.totals, now, self._at, strict=True)]
+        self.units += units
+
+    def publish(self, phase: str) -> None:
+        units = max(1, self.units)
+        names = ("cpu", "pg_cpu", "load_cpu", "flushes", "wal_bytes", "full_pages")
+        for name, total in zip(names, self.totals, strict=True):
+            self.ctx.extra[f"{phase}_{name}_per_unit"] = total / units
 
     async def record(self, phase: str, units: int) -> None:
-        ctx, units = self.ctx, max(1, units)
-        ctx.extra[f"{phase}_cpu_per_unit"] = (cpu_seconds(ctx.server_pid) - self.cpu) / units
-        ctx.extra[f"{phase}_pg_cpu_per_unit"] = (postgres_cpu_seconds() - self.database_cpu) / units
-        load_cpu = load_generator_cpu_seconds() - self.load_cpu
-        ctx.extra[f"{phase}_load_cpu_per_unit"] = load_cpu / units
-        flushes, wal_bytes, full_pages = (
-            after - before for after, before in zip(await wal_totals(ctx), self.wal, strict=True)
-        )
-        ctx.extra[f"{phase}_flushes_per_unit"] = flushes / units
-        ctx.extra[f"{phase}_wal_bytes_per_unit"] = wal_bytes / units
-        ctx.extra[f"{phase}_full_pages_per_unit"] = full_pages / units
+        await self.end(units)
+        self.publish(phase)
 
 
 JOINED = re.compile(r'asyncgate_joined_requests_(sum|count)\{kind="(\w+)"\} ([0-9.e+]+)')
