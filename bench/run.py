@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +38,11 @@ from scenarios import (  # noqa: E402  (bench/ is not a package)
     Ingest,
     Usage,
     analyze,
-    batched_life_cycles,
+    batched_cycles,
     bootstrap,
     ceiling_cycles,
     contended_claims,
+    for_duration,
     joined_requests,
     seed,
     wrk_cycles,
@@ -152,7 +154,7 @@ def main() -> int:
         "--slices",
         type=int,
         default=5,
-        help="slices the floor, ingest and unbatched life cycles are timed in, alternating "
+        help="slices the floor, ingest and life cycles are timed in, alternating "
         "(default 5; 1 with --quick)",
     )
     parser.add_argument(
@@ -260,10 +262,10 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
     ctx.log(f"history: {history:,} closed tasks of another tenant, with their receipts")
     await seed(ctx, "history", history, False)
     ctx.log(
-        f"floor, 1. receipt ingest and 2. life cycles (one request each), side by side: "
-        f"{ctx.slices} slices of each"
+        "floor, 1. receipt ingest and 2. life cycles (one request each, and batched), side by "
+        f"side: {ctx.slices} slices of each"
     )
-    rates, ingest_errors, before, after = await side_by_side(ctx, phases)
+    rates, ingest_errors, joined = await side_by_side(ctx, phases)
     floor_rate = rates["floor"]
     rows.append(("floor: psycopg INSERTs/s", f"{floor_rate:,.0f}", "1.00 (reference)"))
 
@@ -278,7 +280,7 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
             f"{shown('ingest', ratio)} x floor; goal >= 0.6: {verdict_of('ingest', ratio)}",
         ))  # fmt: skip
         rows.append(cpu_row(ctx, "ingest", "1. CPU per receipt"))
-        rows.append(joined_row(before, after, "1.", ["append"]))
+        rows.append(joined_row(joined, "1.", ["append"]))
 
     if "cycles" in phases:
         single = rates["cycles"]
@@ -292,7 +294,7 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
             )
         rows.append(("2. life cycles/s, unbatched", f"{single:,.0f}", verdict))
         rows.append(cpu_row(ctx, "cycles", "2. CPU per life cycle, unbatched"))
-        rows.append(joined_row(before, after, "2.", ["create", "claim", "settle"]))
+        rows.append(joined_row(joined, "2.", ["create", "claim", "settle"]))
         ctx.log("2. the same life cycles against the HTTP stack alone (bench/ceiling.py)")
         ceiling = await ceiling_cycles(ctx, ctx.extra["serve_ceiling"])
         rows.append((
@@ -306,8 +308,7 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
             "server (uvicorn, no storage)",
         ))  # fmt: skip
     if "batched" in phases:
-        ctx.log("2. life cycles through the batch endpoints")
-        batched = await batched_life_cycles(ctx)
+        batched = rates["batched"]
         verdict = f"{batched / floor_rate:.2f} x floor"
         if single:
             ctx.goals["batched"] = batched / single
@@ -357,27 +358,44 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
 
 async def side_by_side(
     ctx: Context, phases: set[str]
-) -> tuple[dict[str, float], int, dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
-    """The floor, receipt ingest and unbatched life cycles, timed in alternating slices.
+) -> tuple[dict[str, float], int, dict[str, tuple[float, float]]]:
+    """The floor, receipt ingest and life cycles (unbatched and batched), timed in
+    alternating slices.
 
-    Goals 1 and 2 are ratios between these three rates. Run one after another, each would
-    meet a different machine: a shared machine's speed drifts within seconds, and each phase
-    leaves autovacuum work to the next. In slices, taken in a rotating order, all three share
-    the machine's moods. Returns each rate, ingest's non-2xx answers, and the joined-request
-    counters before and after.
+    Goals 1 and 2 are ratios between these rates. Run one after another, each would meet a
+    different machine: a shared machine's speed drifts within seconds, and each phase leaves
+    autovacuum work to the next. In slices, taken in a rotating order, they all share the
+    machine's moods. Returns each rate, ingest's non-2xx answers, and the requests and
+    statements of each joined kind in the ingest and unbatched slices.
     """
     seconds = max(1, round(ctx.duration / ctx.slices))
     floor = await Floor(ctx).open()
     ingest = await Ingest(ctx).open() if "ingest" in phases else None
     await analyze(ctx)
-    done = {"floor": [0, 0.0], "ingest": [0, 0.0], "cycles": [0, 0.0]}
-    usage = {"ingest": Usage(ctx), "cycles": Usage(ctx)}
+    done = {name: [0, 0.0] for name in ("floor", "ingest", "cycles", "batched")}
+    usage = {name: Usage(ctx) for name in ("ingest", "cycles", "batched")}
+    # Requests and statements of each joined kind during the unbatched slices only: batch
+    # requests share the create and claim statements.
+    joined: dict[str, tuple[float, float]] = {}
     errors = 0
 
+    async def counting_joins(timed: Callable[[], Awaitable[None]]) -> None:
+        before = await joined_requests(ctx)
+        await timed()
+        for kind, (requests, statements) in (await joined_requests(ctx)).items():
+            was_requests, was_statements = before.get(kind, (0.0, 0.0))
+            sum_requests, sum_statements = joined.get(kind, (0.0, 0.0))
+            joined[kind] = (
+                sum_requests + requests - was_requests,
+                sum_statements + statements - was_statements,
+            )
+
+    def add(name: str, units: int, taken: float) -> None:
+        done[name][0] += units
+        done[name][1] += taken
+
     async def floor_slice() -> None:
-        rows, taken = await floor.run(seconds)
-        done["floor"][0] += rows
-        done["floor"][1] += taken
+        add("floor", *await floor.run(seconds))
 
     async def ingest_slice() -> None:
         nonlocal errors
@@ -385,32 +403,41 @@ async def side_by_side(
         await usage["ingest"].begin()
         requests, taken, failed = await ingest.run(seconds)
         await usage["ingest"].end(requests)
-        done["ingest"][0] += requests
-        done["ingest"][1] += taken
+        add("ingest", requests, taken)
         errors += failed
 
     async def cycles_slice() -> None:
         await usage["cycles"].begin()
         cycles, taken = await wrk_cycles(ctx, ctx.port, seconds)
         await usage["cycles"].end(cycles)
-        done["cycles"][0] += cycles
-        done["cycles"][1] += taken
+        add("cycles", cycles, taken)
+
+    async def ingest_counted() -> None:
+        await counting_joins(ingest_slice)
+
+    async def cycles_counted() -> None:
+        await counting_joins(cycles_slice)
+
+    async def batched_slice() -> None:
+        add(
+            "batched",
+            *await for_duration(ctx, batched_cycles, "batched", seconds, usage["batched"]),
+        )
 
     order = [floor_slice]
-    order += [ingest_slice] if ingest else []
-    order += [cycles_slice] if "cycles" in phases else []
-    before = await joined_requests(ctx)
+    order += [ingest_counted] if ingest else []
+    order += [cycles_counted] if "cycles" in phases else []
+    order += [batched_slice] if "batched" in phases else []
     try:
         for index in range(ctx.slices):
             for run_slice in order[index % len(order) :] + order[: index % len(order)]:
                 await run_slice()
     finally:
         await floor.close()
-    after = await joined_requests(ctx)
-    for phase in ("ingest", "cycles"):
-        usage[phase].publish(phase)
+    for phase, phase_usage in usage.items():
+        phase_usage.publish(phase)
     rates = {name: count / taken for name, (count, taken) in done.items() if taken}
-    return rates, errors, before, after
+    return rates, errors, joined
 
 
 def cpu_row(ctx: Context, phase: str, label: str) -> tuple[str, str, str]:
@@ -431,17 +458,12 @@ def cpu_row(ctx: Context, phase: str, label: str) -> tuple[str, str, str]:
 
 
 def joined_row(
-    before: dict[str, tuple[float, float]],
-    after: dict[str, tuple[float, float]],
-    number: str,
-    kinds: list[str],
+    joined: dict[str, tuple[float, float]], number: str, kinds: list[str]
 ) -> tuple[str, str, str]:
     """Requests per statement during a phase: how much of the load the coalescer joined."""
     means = []
     for kind in kinds:
-        requests, statements = (
-            after.get(kind, (0.0, 0.0))[i] - before.get(kind, (0.0, 0.0))[i] for i in (0, 1)
-        )
+        requests, statements = joined.get(kind, (0.0, 0.0))
         means.append(f"{requests / statements:.1f}" if statements else "-")
     return (
         f"{number} requests per statement",

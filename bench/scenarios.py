@@ -48,12 +48,17 @@ class Context:
 
 
 async def for_duration(
-    ctx: Context, worker: Callable[[Connection], Awaitable[int]], tenant: str
-) -> float:
-    """Run ``worker`` on every connection until the phase ends; returns units per second."""
+    ctx: Context,
+    worker: Callable[[Connection], Awaitable[int]],
+    tenant: str,
+    seconds: float,
+    usage: Usage,
+) -> tuple[int, float]:
+    """Run ``worker`` on every connection for ``seconds``, its cost added to ``usage``:
+    (units done, seconds taken)."""
     connections = [await ctx.connect(tenant) for _ in range(ctx.connections)]
-    usage = await Usage.start(ctx)
-    deadline = time.perf_counter() + ctx.duration
+    await usage.begin()
+    deadline = time.perf_counter() + seconds
     started = time.perf_counter()
 
     async def loop(conn: Connection) -> int:
@@ -64,10 +69,10 @@ async def for_duration(
 
     counts = await asyncio.gather(*(loop(conn) for conn in connections))
     elapsed = time.perf_counter() - started
-    await usage.record(tenant, sum(counts))
+    await usage.end(sum(counts))
     for conn in connections:
         await conn.close()
-    return sum(counts) / elapsed
+    return sum(counts), elapsed
 
 
 # The floor ----------------------------------------------------------------------------------
@@ -333,11 +338,6 @@ async def batched_cycles(conn: Connection) -> int:
     ]
     await conn.expect("POST", "/v1/receipts/batch", {"receipts": receipts}, 201)
     return len(grants)
-
-
-async def batched_life_cycles(ctx: Context) -> float:
-    await analyze(ctx)
-    return await for_duration(ctx, batched_cycles, "batched")
 
 
 # 3. Bootstrap --------------------------------------------------------------------------------
