@@ -153,7 +153,6 @@ def main() -> int:
     parser.add_argument(
         "--slices",
         type=int,
-        default=5,
         help="slices the floor, ingest and life cycles are timed in, alternating "
         "(default 5; 1 with --quick)",
     )
@@ -185,11 +184,12 @@ def main() -> int:
     phases = set(args.only.split(","))
     if unknown := phases - set(PHASES):
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    if args.slices is None:
+        args.slices = 1 if args.quick else 5
     if args.slices < 1:
         parser.error("--slices must be at least 1")
     if args.quick:
         args.duration = min(args.duration, 1.5)
-        args.slices = 1
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.repeat > 1 and args.profile:
@@ -424,13 +424,15 @@ async def side_by_side(
             *await for_duration(ctx, batched_cycles, "batched", seconds, usage["batched"]),
         )
 
-    order = [floor_slice]
-    order += [ingest_counted] if ingest else []
-    order += [cycles_counted] if "cycles" in phases else []
-    order += [batched_slice] if "batched" in phases else []
+    order = [("floor", floor_slice)]
+    order += [("ingest", ingest_counted)] if ingest else []
+    order += [("cycles", cycles_counted)] if "cycles" in phases else []
+    order += [("batched", batched_slice)] if "batched" in phases else []
     try:
         for index in range(ctx.slices):
-            for run_slice in order[index % len(order) :] + order[: index % len(order)]:
+            turn = order[index % len(order) :] + order[: index % len(order)]
+            ctx.log(f"slice {index + 1} of {ctx.slices}: {', '.join(name for name, _ in turn)}")
+            for _, run_slice in turn:
                 await run_slice()
     finally:
         await floor.close()

@@ -45,6 +45,26 @@ def test_bench_quick_run_prints_every_row_of_the_table():
     assert table.count("full pages) each") == 2 * 3  # the WAL figures
 
 
+def test_bench_times_its_ratios_in_rotating_slices():
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "run.py"), "--quick", "--duration", "3",
+         "--slices", "3", "--only", "ingest,cycles,batched"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "in 3 alternating slices" in result.stdout
+    slices = [line.split(": ", 1)[1] for line in result.stderr.splitlines() if "] slice " in line]
+    # Each slice starts one phase later than the one before, so none always goes first.
+    assert slices == [
+        "floor, ingest, cycles, batched",
+        "ingest, cycles, batched, floor",
+        "cycles, batched, floor, ingest",
+    ], result.stderr
+    for row in ("1. receipt ingest/s", "2. life cycles/s, unbatched", "2. life cycles/s, batched"):
+        assert row in result.stdout, f"missing row {row!r}:\n{result.stdout}"
+    assert "claims/s" not in result.stdout  # phases left out stay out
+
+
 def test_inprocess_bench_reports_every_operation():
     output = run_bench("inprocess.py", "--count", "20")
     for operation in (
@@ -58,6 +78,18 @@ def test_inprocess_bench_reports_every_operation():
         "batched life cycle",
     ):
         assert operation in output, f"missing {operation!r}:\n{output}"
+
+
+def test_inprocess_bench_times_joined_requests_when_asked():
+    output = run_bench("inprocess.py", "--count", "40", "--concurrency", "4")
+    joined = {
+        line.split(" (")[0]: line
+        for line in output.splitlines()
+        if line.startswith(("joined", "life cycle /"))
+    }
+    assert set(joined) == {"joined progress", "joined life cycle", "life cycle / progress"}, output
+    ratio = float(joined["life cycle / progress"].split()[-4])
+    assert ratio > 1, output  # a life cycle is three requests
 
 
 def test_sqlite_joined_bench_reports_both_ways():
