@@ -42,6 +42,26 @@ DATABASE_CPU: dict[str, float] = {}
 ARTIFACT = [{"uri": "s3://bench/result.json", "media_type": "application/json"}]
 
 
+def progress_body(grant: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "task.progress",
+        "task_id": grant["task"]["task_id"],
+        "lease_id": grant["lease_id"],
+        "body": {"percent": 50},
+    }
+
+
+def success_body(grant: dict[str, Any]) -> dict[str, Any]:
+    """A success that closes the grant's obligation: under its lease, with an artifact."""
+    return {
+        "type": "task.success",
+        "task_id": grant["task"]["task_id"],
+        "lease_id": grant["lease_id"],
+        "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
+        "artifacts": ARTIFACT,
+    }
+
+
 class Driver:
     """Calls the ASGI app as a server would, with the least work of its own."""
 
@@ -166,11 +186,7 @@ async def run(
     grants = await expect(200, "POST", "/v1/leases", {"worker": "w:1", "max_tasks": 64})
 
     async def progress(i: int) -> None:
-        grant = grants[i % len(grants)]
-        await expect(201, "POST", "/v1/receipts", {
-            "type": "task.progress", "task_id": grant["task"]["task_id"],
-            "lease_id": grant["lease_id"], "body": {"percent": 50},
-        })  # fmt: skip
+        await expect(201, "POST", "/v1/receipts", progress_body(grants[i % len(grants)]))
 
     results.append(
         ("progress receipt", "progress", await measure("progress", count, progress, profile_dir))
@@ -190,13 +206,7 @@ async def run(
     results.append(("claim one task", "claim", await measure("claim", count, claim, profile_dir)))
 
     async def success(i: int) -> None:
-        grant = claimed[i]
-        await expect(201, "POST", "/v1/receipts", {
-            "type": "task.success", "task_id": grant["task"]["task_id"],
-            "lease_id": grant["lease_id"],
-            "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
-            "artifacts": ARTIFACT,
-        })  # fmt: skip
+        await expect(201, "POST", "/v1/receipts", success_body(claimed[i]))
 
     results.append(
         ("success receipt", "success", await measure("success", count, success, profile_dir))
@@ -219,13 +229,9 @@ async def run(
         }))  # fmt: skip
 
     async def success_batch(i: int) -> None:
-        await expect(201, "POST", "/v1/receipts/batch", {"receipts": [
-            {
-                "type": "task.success", "task_id": g["task"]["task_id"], "lease_id": g["lease_id"],
-                "parent_receipt_ids": [g["task"]["obligation_receipt_id"]], "artifacts": ARTIFACT,
-            }
-            for g in claimed_batches[i]
-        ]})  # fmt: skip
+        await expect(201, "POST", "/v1/receipts/batch", {
+            "receipts": [success_body(grant) for grant in claimed_batches[i]]
+        })  # fmt: skip
 
     steps = (
         ("batched create (per task)", "batched_create", create_batch),
@@ -258,10 +264,7 @@ async def joined(
 
     async def receipts(grant: dict[str, Any], n: int) -> None:
         for _ in range(n):
-            await expect(201, "POST", "/v1/receipts", {
-                "type": "task.progress", "task_id": grant["task"]["task_id"],
-                "lease_id": grant["lease_id"], "body": {"percent": 50},
-            })  # fmt: skip
+            await expect(201, "POST", "/v1/receipts", progress_body(grant))
 
     async def cycles(n: int) -> None:
         for _ in range(n):
@@ -271,13 +274,7 @@ async def joined(
                 granted = await expect(200, "POST", "/v1/leases", {
                     "worker": "w:j", "types": ["jc"], "ttl_seconds": 600,
                 })  # fmt: skip
-            [grant] = granted
-            await expect(201, "POST", "/v1/receipts", {
-                "type": "task.success", "task_id": grant["task"]["task_id"],
-                "lease_id": grant["lease_id"],
-                "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
-                "artifacts": ARTIFACT,
-            })  # fmt: skip
+            await expect(201, "POST", "/v1/receipts", success_body(granted[0]))
 
     async def timed(name: str, work: Callable[[int], list[Awaitable[None]]]) -> float:
         await asyncio.gather(*work(max(1, per_client // 10)))  # warm
