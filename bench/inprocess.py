@@ -287,7 +287,11 @@ async def joined(
 
     receipt = await timed("joined_progress", lambda n: [receipts(g, n) for g in grants])
     cycle = await timed("joined_cycle", lambda n: [cycles(n) for _ in range(concurrency)])
-    DATABASE_CPU["joined_ratio"] = DATABASE_CPU["joined_cycle"] / DATABASE_CPU["joined_progress"]
+    # PostgreSQL's CPU is read in clock ticks: a short run may see none.
+    database_receipt = DATABASE_CPU["joined_progress"]
+    DATABASE_CPU["joined_ratio"] = (
+        DATABASE_CPU["joined_cycle"] / database_receipt if database_receipt else float("nan")
+    )
     return [
         (f"joined progress ({concurrency} at once)", "joined_progress", receipt),
         (f"joined life cycle ({concurrency} at once)", "joined_cycle", cycle),
