@@ -32,34 +32,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from scenarios import postgres_cpu_seconds  # noqa: E402
+from scenarios import (  # noqa: E402
+    postgres_cpu_seconds,
+    progress_body,
+    success_body,
+)
 
 from asyncgate.app import create_app  # noqa: E402
 from asyncgate.settings import Settings, hash_key  # noqa: E402
 
 # PostgreSQL's CPU per call of each operation, beside the app's own.
 DATABASE_CPU: dict[str, float] = {}
-ARTIFACT = [{"uri": "s3://bench/result.json", "media_type": "application/json"}]
-
-
-def progress_body(grant: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "task.progress",
-        "task_id": grant["task"]["task_id"],
-        "lease_id": grant["lease_id"],
-        "body": {"percent": 50},
-    }
-
-
-def success_body(grant: dict[str, Any]) -> dict[str, Any]:
-    """A success that closes the grant's obligation: under its lease, with an artifact."""
-    return {
-        "type": "task.success",
-        "task_id": grant["task"]["task_id"],
-        "lease_id": grant["lease_id"],
-        "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
-        "artifacts": ARTIFACT,
-    }
 
 
 class Driver:

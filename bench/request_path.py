@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from inprocess import ARTIFACT, Driver  # noqa: E402
+from inprocess import Driver  # noqa: E402
+from scenarios import ARTIFACT  # noqa: E402
 
 import asyncgate.app  # noqa: E402
 from asyncgate.ledger import Ledger  # noqa: E402

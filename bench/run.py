@@ -412,21 +412,15 @@ async def side_by_side(
         await usage["cycles"].end(cycles)
         add("cycles", cycles, taken)
 
-    async def ingest_counted() -> None:
-        await counting_joins(ingest_slice)
-
-    async def cycles_counted() -> None:
-        await counting_joins(cycles_slice)
-
     async def batched_slice() -> None:
         add(
             "batched",
             *await for_duration(ctx, batched_cycles, "batched", seconds, usage["batched"]),
         )
 
-    order = [("floor", floor_slice)]
-    order += [("ingest", ingest_counted)] if ingest else []
-    order += [("cycles", cycles_counted)] if "cycles" in phases else []
+    order: list[tuple[str, Callable[[], Awaitable[None]]]] = [("floor", floor_slice)]
+    order += [("ingest", lambda: counting_joins(ingest_slice))] if ingest else []
+    order += [("cycles", lambda: counting_joins(cycles_slice))] if "cycles" in phases else []
     order += [("batched", batched_slice)] if "batched" in phases else []
     try:
         for index in range(ctx.slices):

@@ -23,6 +23,27 @@ from http_client import Connection
 ARTIFACT = [{"uri": "s3://bench/result.json", "media_type": "application/json"}]
 
 
+def progress_body(grant: dict[str, Any]) -> dict[str, Any]:
+    """A task.progress receipt under the grant's lease."""
+    return {
+        "type": "task.progress",
+        "task_id": grant["task"]["task_id"],
+        "lease_id": grant["lease_id"],
+        "body": {"percent": 50},
+    }
+
+
+def success_body(grant: dict[str, Any]) -> dict[str, Any]:
+    """A success that closes the grant's obligation: under its lease, with an artifact."""
+    return {
+        "type": "task.success",
+        "task_id": grant["task"]["task_id"],
+        "lease_id": grant["lease_id"],
+        "parent_receipt_ids": [grant["task"]["obligation_receipt_id"]],
+        "artifacts": ARTIFACT,
+    }
+
+
 @dataclass
 class Context:
     port: int
@@ -175,17 +196,7 @@ class Ingest:
     async def open(self) -> Ingest:
         ctx = self.ctx
         grants = await leased_tasks(ctx, "ingest", ctx.size(256, 32), "ingest")
-        bodies = [
-            orjson.dumps(
-                {
-                    "type": "task.progress",
-                    "task_id": g["task"]["task_id"],
-                    "lease_id": g["lease_id"],
-                    "body": {"percent": 50},
-                }
-            ).decode()
-            for g in grants
-        ]
+        bodies = [orjson.dumps(progress_body(grant)).decode() for grant in grants]
         self.script.write_text(
             INGEST_LUA % (",".join(f"[[{b}]]" for b in bodies), ctx.keys["ingest"])
         )
@@ -326,16 +337,7 @@ async def batched_cycles(conn: Connection) -> int:
     )
     if not grants:
         return 0
-    receipts = [
-        {
-            "type": "task.success",
-            "task_id": g["task"]["task_id"],
-            "lease_id": g["lease_id"],
-            "parent_receipt_ids": [g["task"]["obligation_receipt_id"]],
-            "artifacts": ARTIFACT,
-        }
-        for g in grants
-    ]
+    receipts = [success_body(grant) for grant in grants]
     await conn.expect("POST", "/v1/receipts/batch", {"receipts": receipts}, 201)
     return len(grants)
 
@@ -461,7 +463,7 @@ def load_generator_cpu_seconds() -> float:
 class Usage:
     """What a timed phase cost per unit: the server's, PostgreSQL's and the load generator's
     CPU, and PostgreSQL's WAL (flushes, bytes, full-page images), summed over the phase's
-    slices (``begin`` to ``end``) when it runs in several."""
+    slices (each ``begin`` to ``end``); ``publish`` sets the per-unit figures the table shows."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -473,12 +475,6 @@ class Usage:
         ctx = self.ctx
         cpu = [cpu_seconds(ctx.server_pid), postgres_cpu_seconds(), load_generator_cpu_seconds()]
         return cpu + [float(value) for value in await wal_totals(ctx)]
-
-    @classmethod
-    async def start(cls, ctx: Context) -> Usage:
-        usage = cls(ctx)
-        await usage.begin()
-        return usage
 
     async def begin(self) -> None:
         self._at = await self._now()
@@ -493,10 +489,6 @@ class Usage:
         names = ("cpu", "pg_cpu", "load_cpu", "flushes", "wal_bytes", "full_pages")
         for name, total in zip(names, self.totals, strict=True):
             self.ctx.extra[f"{phase}_{name}_per_unit"] = total / units
-
-    async def record(self, phase: str, units: int) -> None:
-        await self.end(units)
-        self.publish(phase)
 
 
 JOINED = re.compile(r'asyncgate_joined_requests_(sum|count)\{kind="(\w+)"\} ([0-9.e+]+)')
