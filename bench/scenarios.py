@@ -68,6 +68,10 @@ class Context:
         return await Connection("127.0.0.1", self.port, self.keys[tenant]).open()
 
 
+# The share of a for_duration slice left out of its rate, at its start.
+WARM_UP_SHARE = 0.25
+
+
 async def for_duration(
     ctx: Context,
     worker: Callable[[Connection], Awaitable[int]],
@@ -76,24 +80,42 @@ async def for_duration(
     usage: Usage,
 ) -> tuple[int, float]:
     """Run ``worker`` on every connection for ``seconds``, its cost added to ``usage``:
-    (units done, seconds taken)."""
+    (units done in the slice's steady window, the window's seconds).
+
+    A call's units count when it returns, and the rate counts those that return after the
+    slice's first quarter and before its deadline, as wrk counts requests. Every connection
+    starts at once, so at first no call has returned yet; after the deadline none starts, and
+    the load thins out as connections finish their last call. A continuous load has neither.
+    A batched life cycle takes about a third of a second with 32 connections, and its 2 s
+    slices counted from their start to their last return read 2-3 % below their steady window
+    on average (20 slices; in a single slice the two differed by up to 10 % either way). CPU per unit
+    takes every unit and all the CPU the slice used.
+    """
     connections = [await ctx.connect(tenant) for _ in range(ctx.connections)]
     await usage.begin()
-    deadline = time.perf_counter() + seconds
     started = time.perf_counter()
+    window_opens = started + seconds * WARM_UP_SHARE
+    deadline = started + seconds
+    in_window = 0
 
     async def loop(conn: Connection) -> int:
+        nonlocal in_window
         done = 0
         while time.perf_counter() < deadline:
-            done += await worker(conn)
+            units = await worker(conn)
+            done += units
+            if window_opens <= time.perf_counter() < deadline:
+                in_window += units
         return done
 
-    counts = await asyncio.gather(*(loop(conn) for conn in connections))
+    total = sum(await asyncio.gather(*(loop(conn) for conn in connections)))
     elapsed = time.perf_counter() - started
-    await usage.end(sum(counts))
+    await usage.end(total)
     for conn in connections:
         await conn.close()
-    return sum(counts), elapsed
+    if not in_window:  # a slice shorter than one call: the whole of it, fill and drain included
+        return total, elapsed
+    return in_window, deadline - window_opens
 
 
 # The floor ----------------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+
+import pytest
 
 from asyncgate import PROJECT_ROOT
 
@@ -133,3 +136,45 @@ def test_a_goal_figure_never_rounds_across_its_line():
     assert run.shown("batched", 4.98) == "4.98"
     assert run.shown("batched", 5.04) == "5.0"
     assert run.shown("bootstrap", 1.503) == "1.503"
+
+
+def test_a_slice_counts_its_steady_window_not_its_fill_and_drain():
+    sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+    try:
+        import scenarios  # bench/scenarios.py
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "bench"))
+
+    class Conn:
+        calls = 0
+
+        async def close(self) -> None:
+            pass
+
+    class Ctx:
+        connections = 4
+
+        async def connect(self, tenant: str) -> Conn:
+            return Conn()
+
+    class Usage:
+        units = 0
+
+        async def begin(self) -> None:
+            pass
+
+        async def end(self, units: int) -> None:
+            Usage.units = units
+
+    async def worker(conn: Conn) -> int:
+        # A slow first call (the pipeline filling), then 20 calls a second per connection.
+        conn.calls += 1
+        await asyncio.sleep(0.3 if conn.calls == 1 else 0.05)
+        return 1
+
+    units, seconds = asyncio.run(scenarios.for_duration(Ctx(), worker, "t", 1.2, Usage()))
+    assert seconds == pytest.approx(0.9)  # the slice after its first quarter
+    assert units / seconds == pytest.approx(4 * 20, rel=0.2)  # the steady rate
+    # Every call is in the CPU per unit, and counted from start to finish the rate is lower.
+    assert Usage.units > units
+    assert Usage.units / 1.2 < 0.9 * units / seconds
