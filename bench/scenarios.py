@@ -88,8 +88,8 @@ async def for_duration(
     the load thins out as connections finish their last call. A continuous load has neither.
     A batched life cycle takes about a third of a second with 32 connections, and its 2 s
     slices counted from their start to their last return read 2-3 % below their steady window
-    on average (20 slices; in a single slice the two differed by up to 10 % either way). CPU per unit
-    takes every unit and all the CPU the slice used.
+    on average (20 slices; in a single slice the two differed by up to 10 % either way).
+    CPU per unit takes every unit and all the CPU the slice used.
     """
     connections = [await ctx.connect(tenant) for _ in range(ctx.connections)]
     await usage.begin()
