@@ -96,6 +96,30 @@ async def test_a_statement_is_prepared_once_and_again_after_deallocate_all(
 
 
 @pytest.mark.anyio
+async def test_forget_deallocates_what_was_prepared_even_after_deallocate_all(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    direct = DirectStatements({name: f"SELECT '{name}' AS v" for name in "ab"})
+    await direct.execute(conn, "a", {})
+    await conn.execute("DEALLOCATE ALL")  # a is gone behind the session's back
+    await direct.execute(conn, "b", {})
+
+    async def prepared() -> int:
+        row = await (
+            await conn.execute("SELECT count(*) AS n FROM pg_prepared_statements")
+        ).fetchone()
+        assert row is not None
+        return row["n"]
+
+    assert await prepared() == 1
+    await direct.forget(conn)
+    assert await prepared() == 0
+    # Each is prepared again on its next call.
+    assert await direct.execute(conn, "a", {}) == [{"v": "a"}]
+    assert await prepared() == 1
+
+
+@pytest.mark.anyio
 async def test_a_name_is_never_given_twice_on_one_connection(
     conn: psycopg.AsyncConnection[Any],
 ) -> None:

@@ -194,3 +194,42 @@ def test_operators_can_keep_every_call_planned(database: str) -> None:
             await dialect.close()
 
     assert asyncio.run(mode()) == "force_custom_plan"
+
+
+def test_joined_writes_prepared_on_small_tables_go_generic_after_the_switch(database: str) -> None:
+    """Under `auto` the server keeps a generic plan only if it costs no more than the average
+    plan made for actual values so far. A receipt settle prepared while the tables were empty
+    kept that average so low that every call after the switch was planned anew, until the
+    connection closed; the switch now prepares the joined writes again."""
+    settle = hot_statement_params("t", datetime.now(UTC))["settle_under_lease"]
+    rows, now = settle["rows"].obj, settle["now"]
+
+    async def settles(dialect: PostgresDialect, calls: int) -> None:
+        for _ in range(calls):
+            async with dialect.autocommit() as tx:
+                assert await tx.many_returning("settle_under_lease", rows, now=now) == []
+
+    async def scenario() -> tuple[str, int, int]:
+        dialect = PostgresDialect(conninfo_from_url(database), 1, 1)  # one connection
+        try:
+            await settles(dialect, 10)  # prepared and planned per call on empty tables
+            fill(database, "t", THRESHOLD, analyze=True)
+            dialect.plan_mode.recheck()
+            await settles(dialect, 10)
+            async with dialect._connection() as conn:
+                mode = await (await conn.execute("SHOW plan_cache_mode")).fetchone()
+                head = QUERIES["settle_under_lease"].split("%(", 1)[0]
+                plans = await (
+                    await conn.execute(
+                        "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                        " WHERE starts_with(statement, %s)",
+                        [head],
+                    )
+                ).fetchone()
+            return mode["plan_cache_mode"], plans["generic_plans"], plans["custom_plans"]
+        finally:
+            await dialect.close()
+
+    # Five calls planned for their values, as the server plans any new prepared statement,
+    # then the generic plan for the other five.
+    assert asyncio.run(scenario()) == ("auto", 5, 5)

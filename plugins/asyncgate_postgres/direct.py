@@ -15,6 +15,7 @@ which drops these too: a call that finds its statement gone prepares it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import weakref
 from collections.abc import Mapping
@@ -118,6 +119,19 @@ class DirectStatements:
         return transformer.load_rows(
             0, result.ntuples, lambda row: dict(zip(columns, row, strict=True))
         )
+
+    async def forget(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Deallocate the statements prepared on ``conn`` (idle): each is prepared again on its
+        next call, with no history of the plans made for it so far."""
+        session = self._sessions.get(conn)
+        if session is None:
+            return
+        names = list(session.prepared.values())
+        session.prepared.clear()
+        for name in names:
+            # One at a time: psycopg may have deallocated them all already (see above).
+            with contextlib.suppress(psycopg.errors.InvalidSqlStatementName):
+                await self.command(conn, b"DEALLOCATE " + name)
 
     async def command(self, conn: psycopg.AsyncConnection[Any], sql: bytes) -> None:
         """Run a statement with no parameters and no rows (BEGIN, COMMIT, ROLLBACK)."""
