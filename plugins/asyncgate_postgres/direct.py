@@ -134,7 +134,7 @@ class DirectStatements:
                 await self.command(conn, b"DEALLOCATE " + name)
 
     async def command(self, conn: psycopg.AsyncConnection[Any], sql: bytes) -> None:
-        """Run a statement with no parameters and no rows (BEGIN, COMMIT, ROLLBACK)."""
+        """Run a statement with no parameters and no rows (BEGIN, COMMIT, ROLLBACK, DEALLOCATE)."""
         _open(conn).send_query(sql)
         self._raise_for(conn, await _results(conn))
 
