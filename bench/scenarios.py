@@ -330,9 +330,9 @@ async def wrk_cycles(ctx: Context, port: int, seconds: int | None = None) -> tup
     )  # fmt: skip
     found = re.search(r"cycles (\d+) failures (\d+) seconds ([\d.]+)", result.stdout)
     assert found, result.stdout
-    cycles, failures, seconds = int(found[1]), int(found[2]), float(found[3])
+    cycles, failures, taken = int(found[1]), int(found[2]), float(found[3])
     assert failures == 0, f"{failures} life-cycle requests failed:\n{result.stdout}"
-    return cycles, seconds
+    return cycles, taken
 
 
 async def ceiling_cycles(ctx: Context, start: Callable[[dict[str, str]], Any]) -> float:

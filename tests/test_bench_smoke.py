@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -122,12 +124,17 @@ def test_schema_bench_reports_this_tree_beside_a_variant():
     assert all(float(line[1]) > 0 for line in lines), output
 
 
-def test_a_goal_figure_never_rounds_across_its_line():
+def bench_module(name: str) -> Any:
+    """``bench/<name>.py`` imported (bench/ is not a package; its modules import each other)."""
     sys.path.insert(0, str(PROJECT_ROOT / "bench"))
     try:
-        import run  # bench/run.py
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(PROJECT_ROOT / "bench"))
+
+
+def test_a_goal_figure_never_rounds_across_its_line():
+    run = bench_module("run")
     assert (run.shown("unbatched", 0.2477), run.verdict_of("unbatched", 0.2477)) == (
         "0.248",
         "NOT met",
@@ -139,11 +146,7 @@ def test_a_goal_figure_never_rounds_across_its_line():
 
 
 def test_a_slice_counts_its_steady_window_not_its_fill_and_drain():
-    sys.path.insert(0, str(PROJECT_ROOT / "bench"))
-    try:
-        import scenarios  # bench/scenarios.py
-    finally:
-        sys.path.remove(str(PROJECT_ROOT / "bench"))
+    scenarios = bench_module("scenarios")
 
     class Conn:
         calls = 0

@@ -79,6 +79,13 @@ async def test_rows_come_back_as_psycopgs_cursor_returns_them(
     assert through_cursor[1]["doc"] == {"k": [1, 2]}
 
 
+async def prepared_count(conn: psycopg.AsyncConnection[Any]) -> int:
+    """How many prepared statements the connection's session holds."""
+    row = await (await conn.execute("SELECT count(*) AS n FROM pg_prepared_statements")).fetchone()
+    assert row is not None
+    return row["n"]
+
+
 @pytest.mark.anyio
 async def test_a_statement_is_prepared_once_and_again_after_deallocate_all(
     conn: psycopg.AsyncConnection[Any],
@@ -86,10 +93,7 @@ async def test_a_statement_is_prepared_once_and_again_after_deallocate_all(
     direct = DirectStatements(QUERIES)
     for _ in range(3):
         await direct.execute(conn, "echo", params())
-    prepared = await (
-        await conn.execute("SELECT count(*) AS n FROM pg_prepared_statements")
-    ).fetchone()
-    assert prepared is not None and prepared["n"] == 1
+    assert await prepared_count(conn) == 1
     # What psycopg sends after a rollback on a connection where it prepared statements.
     await conn.execute("DEALLOCATE ALL")
     assert (await direct.execute(conn, "echo", params()))[0]["n"] == 41
@@ -103,20 +107,12 @@ async def test_forget_deallocates_what_was_prepared_even_after_deallocate_all(
     await direct.execute(conn, "a", {})
     await conn.execute("DEALLOCATE ALL")  # a is gone behind the session's back
     await direct.execute(conn, "b", {})
-
-    async def prepared() -> int:
-        row = await (
-            await conn.execute("SELECT count(*) AS n FROM pg_prepared_statements")
-        ).fetchone()
-        assert row is not None
-        return row["n"]
-
-    assert await prepared() == 1
+    assert await prepared_count(conn) == 1
     await direct.forget(conn)
-    assert await prepared() == 0
+    assert await prepared_count(conn) == 0
     # Each is prepared again on its next call.
     assert await direct.execute(conn, "a", {}) == [{"v": "a"}]
-    assert await prepared() == 1
+    assert await prepared_count(conn) == 1
 
 
 @pytest.mark.anyio
