@@ -445,11 +445,14 @@ def cpu_row(ctx: Context, phase: str, label: str) -> tuple[str, str, str]:
     flushes = ctx.extra[f"{phase}_flushes_per_unit"]
     wal_kib = ctx.extra[f"{phase}_wal_bytes_per_unit"] / 1024
     full_pages = ctx.extra[f"{phase}_full_pages_per_unit"]
+    running = ctx.extra[f"{phase}_server_running"]
+    waiting = ctx.extra[f"{phase}_server_waiting"]
     return (
         label,
         f"{server:,.0f} / {database:,.0f} / {load:,.0f} us",
         f"server (uvicorn) / PostgreSQL / load generator; WAL: {flushes:.2f} flushes, "
-        f"{wal_kib:.1f} KiB ({full_pages:.2f} full pages) each",
+        f"{wal_kib:.1f} KiB ({full_pages:.2f} full pages) each; the server ran "
+        f"{running:.0%} of the time, waited {waiting:.0%} for a core",
     )
 
 

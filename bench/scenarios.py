@@ -485,6 +485,16 @@ async def wal_totals(ctx: Context) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
+def run_delay_seconds(pid: int) -> float:
+    """How long the server process tree has waited, runnable, for a core so far
+    (/proc/<pid>/schedstat: time on a run queue, nanoseconds)."""
+    nanoseconds = 0
+    for each in _process_tree(pid):
+        with contextlib.suppress(OSError):
+            nanoseconds += int(Path(f"/proc/{each}/schedstat").read_text().split()[1])
+    return nanoseconds / 1e9
+
+
 def load_generator_cpu_seconds() -> float:
     """This process's CPU (the asyncio client) and that of its finished children (wrk)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -494,18 +504,25 @@ def load_generator_cpu_seconds() -> float:
 class Usage:
     """What a timed phase cost per unit: the server's, PostgreSQL's and the load generator's
     CPU, and PostgreSQL's WAL (flushes, bytes, full-page images), summed over the phase's
-    slices (each ``begin`` to ``end``); ``publish`` sets the per-unit figures the table shows."""
+    slices (each ``begin`` to ``end``); ``publish`` sets the per-unit figures the table shows.
+
+    It also sets how the server spent the slices' time: running (its CPU), and waiting,
+    runnable, for a core that PostgreSQL or the load generator held. What is left it was idle,
+    every request waiting on the database. A server that runs nearly all the time is bound by
+    its own CPU; one that waits for a core shares a saturated machine.
+    """
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.units = 0
-        self.totals = [0.0] * 6
+        self.totals = [0.0] * 8
         self._at: list[float] = []
 
     async def _now(self) -> list[float]:
         ctx = self.ctx
         cpu = [cpu_seconds(ctx.server_pid), postgres_cpu_seconds(), load_generator_cpu_seconds()]
-        return cpu + [float(value) for value in await wal_totals(ctx)]
+        wal = [float(value) for value in await wal_totals(ctx)]
+        return cpu + wal + [run_delay_seconds(ctx.server_pid), time.monotonic()]
 
     async def begin(self) -> None:
         self._at = await self._now()
@@ -518,8 +535,11 @@ class Usage:
     def publish(self, phase: str) -> None:
         units = max(1, self.units)
         names = ("cpu", "pg_cpu", "load_cpu", "flushes", "wal_bytes", "full_pages")
-        for name, total in zip(names, self.totals, strict=True):
+        for name, total in zip(names, self.totals[: len(names)], strict=True):
             self.ctx.extra[f"{phase}_{name}_per_unit"] = total / units
+        server_cpu, waited, wall = self.totals[0], self.totals[6], self.totals[7]
+        self.ctx.extra[f"{phase}_server_running"] = server_cpu / wall if wall else 0.0
+        self.ctx.extra[f"{phase}_server_waiting"] = waited / wall if wall else 0.0
 
 
 JOINED = re.compile(r'asyncgate_joined_requests_(sum|count)\{kind="(\w+)"\} ([0-9.e+]+)')

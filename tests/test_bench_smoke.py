@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -181,3 +183,26 @@ def test_a_slice_counts_its_steady_window_not_its_fill_and_drain():
     # Every call is in the CPU per unit, and counted from start to finish the rate is lower.
     assert Usage.units > units
     assert Usage.units / 1.2 < 0.9 * units / seconds
+
+
+def test_run_delay_is_time_spent_waiting_for_a_core_not_on_one():
+    """Three spinning processes pinned to one core each run about a third of the time and wait
+    about two thirds: the benchmark's "waited for a core" must read the second, not the first."""
+    scenarios = bench_module("scenarios")
+    spin = "import time\nend = time.monotonic() + 1.2\nwhile time.monotonic() < end: pass\n"
+    core = min(os.sched_getaffinity(0))
+    spinners = [
+        subprocess.Popen(
+            [sys.executable, "-c", spin], preexec_fn=lambda: os.sched_setaffinity(0, {core})
+        )
+        for _ in range(3)
+    ]
+    try:
+        time.sleep(0.9)
+        waited = [scenarios.run_delay_seconds(each.pid) for each in spinners]
+        ran = [scenarios.cpu_seconds(each.pid) for each in spinners]
+    finally:
+        for each in spinners:
+            each.wait(timeout=30)
+    for waiting, running in zip(waited, ran, strict=True):
+        assert waiting > 1.5 * running, (waited, ran)
