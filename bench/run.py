@@ -36,12 +36,14 @@ from scenarios import (  # noqa: E402  (bench/ is not a package)
     Context,
     Floor,
     Ingest,
+    PgBossCycles,
     Usage,
     analyze,
     batched_cycles,
     bootstrap,
     ceiling_cycles,
     contended_claims,
+    ensure_pgboss,
     for_duration,
     joined_requests,
     seed,
@@ -162,6 +164,12 @@ def main() -> int:
         help=f"comma-separated phases to run beside the floor (default all: {','.join(PHASES)})",
     )
     parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also time pg-boss (the closest peer, installed from npm; needs Node.js) in the "
+        "same slices, unbatched and batched",
+    )
+    parser.add_argument(
         "--pg-admin-url",
         default=os.environ.get(
             "BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -194,13 +202,16 @@ def main() -> int:
         parser.error("--repeat must be at least 1")
     if args.repeat > 1 and args.profile:
         parser.error("--profile records one run: leave out --repeat")
+    if args.peers:
+        phases.add("pgboss")
 
     wrk = ensure_wrk()
+    node = ensure_pgboss(log) if args.peers else None
     runs = []
     for number in range(1, args.repeat + 1):
         if args.repeat > 1:
             log(f"run {number} of {args.repeat}")
-        rows, goals = one_run(args, phases, wrk)
+        rows, goals = one_run(args, phases, wrk, node)
         print_table(rows, args)
         runs.append(goals)
     if args.repeat > 1:
@@ -209,7 +220,7 @@ def main() -> int:
 
 
 def one_run(
-    args: argparse.Namespace, phases: set[str], wrk: str
+    args: argparse.Namespace, phases: set[str], wrk: str, node: str | None
 ) -> tuple[list[tuple[str, str, str]], dict[str, float]]:
     """One whole run, on a database and server of its own: its table and its goals' figures."""
     name = f"asyncgate_bench_{os.getpid()}"
@@ -239,6 +250,7 @@ def one_run(
         server = start_server(ctx, args.workers, keys_file)
         ctx.server_pid = server.process.pid
         ctx.extra["serve_ceiling"] = lambda env: serve("bench.ceiling:app", free_port(), 1, env)
+        ctx.extra["node"] = node
         if args.profile:
             profiler = start_profiler(server.process.pid, args.profile)
         rows = asyncio.run(run_all(ctx, phases))
@@ -319,6 +331,9 @@ async def run_all(ctx: Context, phases: set[str]) -> list[tuple[str, str, str]]:
         rows.append(("2. life cycles/s, batched (100)", f"{batched:,.0f}", verdict))
         rows.append(cpu_row(ctx, "batched", "2. CPU per life cycle, batched"))
 
+    if "pgboss" in phases:
+        rows += peer_rows(ctx, rates)
+
     if "claims" in phases:
         ctx.log("4. contended claims")
         claims = await contended_claims(ctx)
@@ -372,7 +387,10 @@ async def side_by_side(
     floor = await Floor(ctx).open()
     ingest = await Ingest(ctx).open() if "ingest" in phases else None
     await analyze(ctx)
-    done = {name: [0, 0.0] for name in ("floor", "ingest", "cycles", "batched")}
+    done = {
+        name: [0, 0.0]
+        for name in ("floor", "ingest", "cycles", "batched", "pgboss_cycles", "pgboss_batched")
+    }
     usage = {name: Usage(ctx) for name in ("ingest", "cycles", "batched")}
     # Requests and statements of each joined kind during the unbatched slices only: batch
     # requests share the create and claim statements.
@@ -422,6 +440,15 @@ async def side_by_side(
     order += [("ingest", lambda: counting_joins(ingest_slice))] if ingest else []
     order += [("cycles", lambda: counting_joins(cycles_slice))] if "cycles" in phases else []
     order += [("batched", batched_slice)] if "batched" in phases else []
+    if "pgboss" in phases:
+        for mode in ("unbatched", "batched"):
+            name = "pgboss_cycles" if mode == "unbatched" else "pgboss_batched"
+            peer = ctx.extra[name] = PgBossCycles(ctx, ctx.extra["node"], mode)
+
+            async def peer_slice(name: str = name, peer: PgBossCycles = peer) -> None:
+                add(name, *await peer.run(seconds))
+
+            order.append((name.replace("_", " "), peer_slice))
     try:
         for index in range(ctx.slices):
             turn = order[index % len(order) :] + order[: index % len(order)]
@@ -434,6 +461,30 @@ async def side_by_side(
         phase_usage.publish(phase)
     rates = {name: count / taken for name, (count, taken) in done.items() if taken}
     return rates, errors, joined
+
+
+def peer_rows(ctx: Context, rates: dict[str, float]) -> list[tuple[str, str, str]]:
+    """pg-boss's life cycles, timed in the same slices as AsyncGate's, against the same floor."""
+    rows = []
+    for name, mode, ours in (
+        ("pgboss_cycles", "unbatched", "cycles"),
+        ("pgboss_batched", "batched (100)", "batched"),
+    ):
+        peer: PgBossCycles = ctx.extra[name]
+        rate = rates.get(name, 0.0)
+        verdict = f"{rate / rates['floor']:.2f} x floor"
+        if rate and ours in rates:
+            verdict += f"; AsyncGate's {mode.split()[0]} above is {rates[ours] / rate:.2f} x this"
+        rows.append(
+            (f"peer: pg-boss {peer.version()} life cycles/s, {mode}", f"{rate:,.0f}", verdict)
+        )
+        cycles = max(1, peer.cycles)
+        rows.append((
+            f"peer: CPU per life cycle, {mode.split()[0]}",
+            f"{peer.node_cpu / cycles * 1e6:,.0f} / {peer.pg_cpu / cycles * 1e6:,.0f} us",
+            "Node.js (pg-boss, a library, and the loops driving it) / PostgreSQL",
+        ))  # fmt: skip
+    return rows
 
 
 def cpu_row(ctx: Context, phase: str, label: str) -> tuple[str, str, str]:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import time
@@ -400,6 +401,69 @@ SELECT %(tenant)s, closer, 'task.failure', task_id, 'service:bench', 'service:be
        ARRAY[obligation], '{"error": "seeded"}', '[]', 'seed', at + interval '1 second'
 FROM t WHERE NOT %(open)s
 """
+
+
+# The closest peer --------------------------------------------------------------------------
+
+PGBOSS_DIR = Path(__file__).resolve().parent / "pgboss"
+
+
+def ensure_pgboss(log: Callable[[str], None]) -> str:
+    """Node.js's path, with pg-boss installed from npm as bench/pgboss/package-lock.json pins it."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        raise SystemExit(
+            "--peers drives pg-boss, which needs Node.js and npm: install them (Debian: "
+            "apt-get install nodejs npm), or leave out --peers"
+        )
+    if not (PGBOSS_DIR / "node_modules" / "pg-boss").is_dir():
+        log("installing pg-boss from npm into bench/pgboss/node_modules (for --peers)")
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=PGBOSS_DIR, check=True,
+        )  # fmt: skip
+    return node
+
+
+class PgBossCycles:
+    """pg-boss life cycles (send, fetch, complete), unbatched or 100 per call, from as many
+    concurrent loops as the benchmark has connections (bench/pgboss/cycles.mjs), in the
+    benchmark's database: its own schema, beside AsyncGate's tables. pg-boss is a library, so
+    its one Node.js process is both what AsyncGate's server and its load generator are."""
+
+    def __init__(self, ctx: Context, node: str, mode: str) -> None:
+        self.ctx, self.node, self.mode = ctx, node, mode
+        # Over every timed window so far: life cycles, Node.js's CPU and PostgreSQL's.
+        self.cycles = 0
+        self.node_cpu = self.pg_cpu = 0.0
+
+    @staticmethod
+    def version() -> str:
+        return orjson.loads((PGBOSS_DIR / "package.json").read_bytes())["dependencies"]["pg-boss"]
+
+    async def run(self, seconds: int) -> tuple[int, float]:
+        """One slice: (life cycles finished inside its timed window, the window's seconds)."""
+        ctx = self.ctx
+        process = await asyncio.create_subprocess_exec(
+            self.node, str(PGBOSS_DIR / "cycles.mjs"), ctx.database_url, self.mode,
+            str(ctx.connections), str(seconds),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stdout is not None
+        result: dict[str, float] | None = None
+        pg_started = 0.0
+        async for line in process.stdout:
+            if line.strip() == b"start":
+                pg_started = postgres_cpu_seconds()
+            elif line.startswith(b"{"):
+                self.pg_cpu += postgres_cpu_seconds() - pg_started
+                result = orjson.loads(line)
+        _, stderr = await process.communicate()
+        if process.returncode != 0 or result is None:
+            raise RuntimeError(f"pg-boss {self.mode} failed:\n{stderr.decode()[-2000:]}")
+        self.node_cpu += result["cpu_seconds"]
+        self.cycles += int(result["cycles"])
+        return int(result["cycles"]), float(result["seconds"])
 
 
 async def seed(ctx: Context, tenant: str, count: int, open_: bool) -> None:

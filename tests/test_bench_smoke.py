@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -70,6 +71,25 @@ def test_bench_times_its_ratios_in_rotating_slices():
     for row in ("1. receipt ingest/s", "2. life cycles/s, unbatched", "2. life cycles/s, batched"):
         assert row in result.stdout, f"missing row {row!r}:\n{result.stdout}"
     assert "claims/s" not in result.stdout  # phases left out stay out
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="--peers drives pg-boss on Node.js")
+def test_bench_peers_times_pg_boss_in_the_same_slices():
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "run.py"), "--quick", "--duration", "1",
+         "--only", "batched", "--peers"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "slice 1 of 1: floor, batched, pgboss cycles, pgboss batched" in result.stderr
+    peers = [line for line in result.stdout.splitlines() if "peer: pg-boss" in line]
+    assert [line.split("|")[1].strip() for line in peers] == [
+        "peer: pg-boss 12.38.0 life cycles/s, unbatched",
+        "peer: pg-boss 12.38.0 life cycles/s, batched (100)",
+    ], result.stdout
+    for line in peers:
+        assert int(line.split("|")[2].strip().replace(",", "")) > 0, line  # life cycles finished
+    assert "AsyncGate's batched above is" in result.stdout
 
 
 def test_inprocess_bench_reports_every_operation():
