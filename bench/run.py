@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py            # the full run (several minutes)
     .venv/bin/python bench/run.py --repeat 3 # three runs; the goals judged on their median
     .venv/bin/python bench/run.py --quick    # tiny sizes: keeps the command working in CI
+    .venv/bin/python bench/run.py --peers    # and pg-boss in the same slices (needs Node.js)
 
 It creates a throwaway database, starts `uvicorn asyncgate.main:app` on loopback, measures the
 floor (bare psycopg async single-row INSERTs) in the same run, then drives the service with wrk
