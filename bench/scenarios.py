@@ -444,13 +444,30 @@ class PgBossCycles:
     async def run(self, seconds: int) -> tuple[int, float]:
         """One slice: (life cycles finished inside its timed window, the window's seconds)."""
         ctx = self.ctx
-        process = await asyncio.create_subprocess_exec(
-            self.node, str(PGBOSS_DIR / "cycles.mjs"), ctx.database_url, self.mode,
-            str(ctx.connections), str(seconds),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        errors = ctx.workdir / f"pgboss-{self.mode}.err"
+        with errors.open("wb") as stderr:  # a file, so that a chatty Node.js cannot block on it
+            process = await asyncio.create_subprocess_exec(
+                self.node, str(PGBOSS_DIR / "cycles.mjs"), ctx.database_url, self.mode,
+                str(ctx.connections), str(seconds),
+                stdout=asyncio.subprocess.PIPE, stderr=stderr,
+            )  # fmt: skip
+            try:
+                result = await asyncio.wait_for(self._read(process), timeout=seconds + 120)
+                await process.wait()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+        if process.returncode != 0 or result is None:
+            raise RuntimeError(f"pg-boss {self.mode} failed:\n{errors.read_text()[-2000:]}")
+        self.node_cpu += result["cpu_seconds"]
+        self.cycles += int(result["cycles"])
+        return int(result["cycles"]), float(result["seconds"])
+
+    async def _read(self, process: asyncio.subprocess.Process) -> dict[str, float] | None:
+        """The timed window's result line, with PostgreSQL's CPU over the window added up."""
         assert process.stdout is not None
-        result: dict[str, float] | None = None
+        result = None
         pg_started = 0.0
         async for line in process.stdout:
             if line.strip() == b"start":
@@ -458,12 +475,7 @@ class PgBossCycles:
             elif line.startswith(b"{"):
                 self.pg_cpu += postgres_cpu_seconds() - pg_started
                 result = orjson.loads(line)
-        _, stderr = await process.communicate()
-        if process.returncode != 0 or result is None:
-            raise RuntimeError(f"pg-boss {self.mode} failed:\n{stderr.decode()[-2000:]}")
-        self.node_cpu += result["cpu_seconds"]
-        self.cycles += int(result["cycles"])
-        return int(result["cycles"]), float(result["seconds"])
+        return result
 
 
 async def seed(ctx: Context, tenant: str, count: int, open_: bool) -> None:
