@@ -442,8 +442,7 @@ async def side_by_side(
     order += [("cycles", lambda: counting_joins(cycles_slice))] if "cycles" in phases else []
     order += [("batched", batched_slice)] if "batched" in phases else []
     if "pgboss" in phases:
-        for mode in ("unbatched", "batched"):
-            name = "pgboss_cycles" if mode == "unbatched" else "pgboss_batched"
+        for name, mode in (("pgboss_cycles", "unbatched"), ("pgboss_batched", "batched")):
             peer = ctx.extra[name] = PgBossCycles(ctx, ctx.extra["node"], mode)
 
             async def peer_slice(name: str = name, peer: PgBossCycles = peer) -> None:
@@ -467,21 +466,21 @@ async def side_by_side(
 def peer_rows(ctx: Context, rates: dict[str, float]) -> list[tuple[str, str, str]]:
     """pg-boss's life cycles, timed in the same slices as AsyncGate's, against the same floor."""
     rows = []
-    for name, mode, ours in (
-        ("pgboss_cycles", "unbatched", "cycles"),
-        ("pgboss_batched", "batched (100)", "batched"),
+    for name, mode, size, ours in (
+        ("pgboss_cycles", "unbatched", "", "cycles"),
+        ("pgboss_batched", "batched", " (100)", "batched"),
     ):
         peer: PgBossCycles = ctx.extra[name]
         rate = rates.get(name, 0.0)
         verdict = f"{rate / rates['floor']:.2f} x floor"
         if rate and ours in rates:
-            verdict += f"; AsyncGate's {mode.split()[0]} above is {rates[ours] / rate:.2f} x this"
+            verdict += f"; AsyncGate's {mode} above is {rates[ours] / rate:.2f} x this"
         rows.append(
-            (f"peer: pg-boss {peer.version()} life cycles/s, {mode}", f"{rate:,.0f}", verdict)
+            (f"peer: pg-boss {peer.version()} life cycles/s, {mode}{size}", f"{rate:,.0f}", verdict)
         )
         cycles = max(1, peer.cycles)
         rows.append((
-            f"peer: CPU per life cycle, {mode.split()[0]}",
+            f"peer: CPU per life cycle, {mode}",
             f"{peer.node_cpu / cycles * 1e6:,.0f} / {peer.pg_cpu / cycles * 1e6:,.0f} us",
             "Node.js (pg-boss, a library, and the loops driving it) / PostgreSQL",
         ))  # fmt: skip

@@ -591,31 +591,40 @@ class Usage:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.units = 0
-        self.totals = [0.0] * 8
-        self._at: list[float] = []
+        self.totals: dict[str, float] = {}
+        self._at: dict[str, float] = {}
 
-    async def _now(self) -> list[float]:
+    async def _now(self) -> dict[str, float]:
         ctx = self.ctx
-        cpu = [cpu_seconds(ctx.server_pid), postgres_cpu_seconds(), load_generator_cpu_seconds()]
-        wal = [float(value) for value in await wal_totals(ctx)]
-        return cpu + wal + [run_delay_seconds(ctx.server_pid), time.monotonic()]
+        flushes, wal_bytes, full_pages = await wal_totals(ctx)
+        return {
+            "cpu": cpu_seconds(ctx.server_pid),
+            "pg_cpu": postgres_cpu_seconds(),
+            "load_cpu": load_generator_cpu_seconds(),
+            "flushes": flushes,
+            "wal_bytes": wal_bytes,
+            "full_pages": full_pages,
+            "waited": run_delay_seconds(ctx.server_pid),
+            "wall": time.monotonic(),
+        }
 
     async def begin(self) -> None:
         self._at = await self._now()
 
     async def end(self, units: int) -> None:
         now = await self._now()
-        self.totals = [t + a - b for t, a, b in zip(self.totals, now, self._at, strict=True)]
+        for name, value in now.items():
+            self.totals[name] = self.totals.get(name, 0.0) + value - self._at[name]
         self.units += units
 
     def publish(self, phase: str) -> None:
         units = max(1, self.units)
-        names = ("cpu", "pg_cpu", "load_cpu", "flushes", "wal_bytes", "full_pages")
-        for name, total in zip(names, self.totals[: len(names)], strict=True):
-            self.ctx.extra[f"{phase}_{name}_per_unit"] = total / units
-        server_cpu, waited, wall = self.totals[0], self.totals[6], self.totals[7]
-        self.ctx.extra[f"{phase}_server_running"] = server_cpu / wall if wall else 0.0
-        self.ctx.extra[f"{phase}_server_waiting"] = waited / wall if wall else 0.0
+        for name in ("cpu", "pg_cpu", "load_cpu", "flushes", "wal_bytes", "full_pages"):
+            self.ctx.extra[f"{phase}_{name}_per_unit"] = self.totals.get(name, 0.0) / units
+        wall = self.totals.get("wall", 0.0)
+        for name, total in (("running", "cpu"), ("waiting", "waited")):
+            share = self.totals.get(total, 0.0) / wall if wall else 0.0
+            self.ctx.extra[f"{phase}_server_{name}"] = share
 
 
 JOINED = re.compile(r'asyncgate_joined_requests_(sum|count)\{kind="(\w+)"\} ([0-9.e+]+)')
