@@ -47,9 +47,9 @@ YOUNG_COLLECTION_THRESHOLD = 10_000
 def settle_garbage_collector() -> None:
     """Set the cyclic garbage collector for serving, once startup has made what lives for good.
 
-    Freezing moves every object alive now (modules, schemas, plans, the pool) out of the
-    collector's sight, so a full collection walks only what requests made since; the higher
-    young threshold collects a tenth as often. Reference counting still frees everything
+    Freezing moves every object alive now (modules, schemas, the pool) out of the collector's
+    sight, so a full collection walks only what requests made since; the higher young
+    threshold collects about a fourteenth as often. Reference counting still frees everything
     that is not in a cycle at once, so memory does not grow with it. Measured on batched life
     cycles: the collector took 15 % of the server's CPU before, 1.5 % after.
     """
