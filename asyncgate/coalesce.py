@@ -68,18 +68,10 @@ class Coalescer(Generic[Item, Result]):
         joined 6 unbatched life-cycle requests per statement, two join 8, for 13 % less of
         PostgreSQL's CPU per life cycle.)
         """
-        await asyncio.sleep(0)
-        waiting = self._waiting.pop(group)
-        taken = weight = 0
-        for _, item_weight, _ in waiting[: self._max_batch]:
-            if taken and weight + item_weight > self._max_weight:
-                break
-            taken += 1
-            weight += item_weight
-        batch, rest = waiting[:taken], waiting[taken:]
-        if rest:
-            self._waiting[group] = rest
+        batch: list[tuple[Item, int, asyncio.Future[Result]]] = []
         try:
+            await asyncio.sleep(0)
+            batch = self._take(group)
             results = await self._send(group, [item for item, _, _ in batch])
         except asyncio.CancelledError:
             # The server is stopping: nothing of this group will be sent.
@@ -99,3 +91,16 @@ class Coalescer(Generic[Item, Result]):
             self._start_sender(group)
         else:
             self._in_flight.discard(group)
+
+    def _take(self, group: Hashable) -> list[tuple[Item, int, asyncio.Future[Result]]]:
+        """The waiting items of ``group`` that fit one statement; the rest keep waiting."""
+        waiting = self._waiting.pop(group)
+        taken = weight = 0
+        for _, item_weight, _ in waiting[: self._max_batch]:
+            if taken and weight + item_weight > self._max_weight:
+                break
+            taken += 1
+            weight += item_weight
+        if waiting[taken:]:
+            self._waiting[group] = waiting[taken:]
+        return waiting[:taken]

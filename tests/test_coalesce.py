@@ -100,6 +100,35 @@ async def test_items_submitted_in_one_turn_of_the_event_loop_go_together() -> No
 
 
 @pytest.mark.anyio
+async def test_items_submitted_in_the_turn_after_the_first_go_with_it() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    coalescer = Coalescer(recorder.send)
+    first = asyncio.ensure_future(coalescer.submit(1))
+    await asyncio.sleep(0)  # the first has started its statement's sender
+    second = asyncio.ensure_future(coalescer.submit(2))
+    assert await asyncio.gather(first, second) == [10, 20]
+    assert recorder.calls == [(None, [1, 2])]
+
+
+@pytest.mark.anyio
+async def test_a_sender_stopped_before_it_sends_cancels_its_submitters() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    coalescer = Coalescer(recorder.send)
+    submitters = [asyncio.ensure_future(coalescer.submit(item)) for item in (1, 2)]
+    await asyncio.sleep(0)  # the submitters ran and started their sender,
+    await asyncio.sleep(0)  # which now waits out its second turn
+    [sender] = coalescer._senders
+    sender.cancel()  # as when the server stops
+    # Bounded, so that submitters left waiting fail the test instead of hanging it.
+    outcomes = await asyncio.wait_for(asyncio.gather(*submitters, return_exceptions=True), 5)
+    assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes)
+    assert recorder.calls == []
+    assert await coalescer.submit(3) == 30  # and the group is idle again
+
+
+@pytest.mark.anyio
 async def test_a_submitter_cancelled_while_waiting_leaves_the_others_their_statement() -> None:
     recorder = Recorder()
     coalescer = Coalescer(recorder.send)
