@@ -101,6 +101,7 @@ class Coalescer(Generic[Item, Result]):
                 break
             taken += 1
             weight += item_weight
-        if waiting[taken:]:
-            self._waiting[group] = waiting[taken:]
-        return waiting[:taken]
+        batch, rest = waiting[:taken], waiting[taken:]
+        if rest:
+            self._waiting[group] = rest
+        return batch

@@ -390,7 +390,7 @@ async def side_by_side(
     await analyze(ctx)
     done = {
         name: [0, 0.0]
-        for name in ("floor", "ingest", "cycles", "batched", "pgboss_cycles", "pgboss_batched")
+        for name in ("floor", "ingest", "cycles", "batched", *(peer for peer, _, _ in PEER_PHASES))
     }
     usage = {name: Usage(ctx) for name in ("ingest", "cycles", "batched")}
     # Requests and statements of each joined kind during the unbatched slices only: batch
@@ -442,7 +442,7 @@ async def side_by_side(
     order += [("cycles", lambda: counting_joins(cycles_slice))] if "cycles" in phases else []
     order += [("batched", batched_slice)] if "batched" in phases else []
     if "pgboss" in phases:
-        for name, mode in (("pgboss_cycles", "unbatched"), ("pgboss_batched", "batched")):
+        for name, mode, _ in PEER_PHASES:
             peer = ctx.extra[name] = PgBossCycles(ctx, ctx.extra["node"], mode)
 
             async def peer_slice(name: str = name, peer: PgBossCycles = peer) -> None:
@@ -463,13 +463,15 @@ async def side_by_side(
     return rates, errors, joined
 
 
+# pg-boss's phases under --peers: (phase, mode, AsyncGate's phase it is set against).
+PEER_PHASES = (("pgboss_cycles", "unbatched", "cycles"), ("pgboss_batched", "batched", "batched"))
+
+
 def peer_rows(ctx: Context, rates: dict[str, float]) -> list[tuple[str, str, str]]:
     """pg-boss's life cycles, timed in the same slices as AsyncGate's, against the same floor."""
     rows = []
-    for name, mode, size, ours in (
-        ("pgboss_cycles", "unbatched", "", "cycles"),
-        ("pgboss_batched", "batched", " (100)", "batched"),
-    ):
+    for name, mode, ours in PEER_PHASES:
+        size = " (100)" if mode == "batched" else ""
         peer: PgBossCycles = ctx.extra[name]
         rate = rates.get(name, 0.0)
         verdict = f"{rate / rates['floor']:.2f} x floor"
